@@ -1,0 +1,2 @@
+//! The `iccard` command line.
+fn main() {}
