@@ -1,2 +1,42 @@
-//! The `iccard` command line.
-fn main() {}
+//! The `iccard` command line: parsing and printing only; the work is done by the library crates.
+//!
+//! Exit codes: 0 success, 1 the operation ran and failed (a card refused, a check failed),
+//! 2 a usage or input error (bad hex, bad option, unreadable file).
+mod cmd;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// iccard: a CPU-card (IC card) system: card OS, purse, terminals, back office.
+#[derive(Debug, Parser)]
+#[command(name = "iccard", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Block ciphers, MACs and key derivations: hex in, one line of hex out.
+    #[command(subcommand)]
+    Crypto(cmd::crypto::CryptoCmd),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Crypto(c) => cmd::crypto::run(c),
+    };
+    match result {
+        Ok(line) => {
+            if !line.is_empty() {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("iccard: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! Subcommands of the `iccard` binary, one module each.
+pub mod crypto;
