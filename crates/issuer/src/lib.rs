@@ -1,0 +1,12 @@
+//! # iccard-issuer: the issuer's side of making cards
+//!
+//! - [`devkeys`]: the published development key set (demos and tests only).
+//! - [`manufacture`]: blank cards as a card maker delivers them: chip data, a transport key
+//!   diversified from the transport master key by the chip serial, state OP_READY.
+//!
+//! Architecture invariant: host-side logic only; it talks to cards through APDUs (or, for
+//! manufacture, by formatting a fresh EEPROM as the chip maker's equipment would).
+
+pub mod devkeys;
+pub mod manufacture;
+pub mod script;
