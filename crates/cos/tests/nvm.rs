@@ -1,0 +1,1 @@
+//! NVM integration tests.

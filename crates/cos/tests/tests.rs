@@ -1,0 +1,3 @@
+//! Integration tests of iccard-cos: one test binary, one module per area.
+
+mod nvm;
