@@ -1,0 +1,3 @@
+//! The one integration-test binary of the iccard command line.
+
+mod cli_crypto;
