@@ -26,6 +26,26 @@
 //! `00B0000000` is case 2 short with Ne = 256; `00A404000000` is malformed (a `00` marker with
 //! only one byte after it).
 //!
+//! ```
+//! use iccard_apdu::{hex, Case, Command, Response, StatusWord};
+//!
+//! let bytes = hex::decode("00A4040009A00000000386980701").unwrap();
+//! let (select, case) = Command::parse_with_case(&bytes).unwrap();
+//! assert_eq!(case, Case::Case3Short);
+//! assert_eq!(select.ins, 0xA4);
+//! assert_eq!(select.ne, None);
+//! assert_eq!(select.to_bytes(), bytes);
+//!
+//! let read = Command::new(0x00, 0xB0, 0x00, 0x00).with_ne(256);
+//! assert_eq!(hex::encode(&read.to_bytes()), "00B0000000");
+//!
+//! let bad = Command::parse(&hex::decode("00A404000000").unwrap()).unwrap_err();
+//! assert_eq!(bad.status(), StatusWord::WRONG_LENGTH);
+//!
+//! let answer = Response::parse(&[0x6A, 0x82]).unwrap();
+//! assert_eq!(answer.sw.to_string(), "6A82 (file or application not found)");
+//! ```
+//!
 //! The class byte (ISO/IEC 7816-4:2005 5.1.1, tables 2 and 3) also carries the chaining bit
 //! ([`Command::is_chained`]), the secure messaging indication
 //! ([`Command::has_secure_messaging`]) and the logical channel ([`Command::logical_channel`]).

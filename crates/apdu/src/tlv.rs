@@ -5,7 +5,7 @@
 //! subsequent bytes while their b8 is 1), held as a `u32` of their bytes (`0x9F7F`, `0xDF8101`);
 //! definite lengths in the short form (`00`..`7F`) and the long forms `81`, `82`, `83` and `84`.
 //! The indefinite form `80` and longer forms are rejected. Bytes `00` and `FF` before, between
-//! and after data objects are padding (ISO/IEC 7816-4:2005 5.2.2) and are skipped. Long length
+//! and after data objects are padding (ISO/IEC 7816-4:2005 5.2) and are skipped. Long length
 //! forms are accepted even where a shorter one would do (BER allows it); [`encode`] always
 //! writes the shortest.
 
