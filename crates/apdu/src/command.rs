@@ -126,7 +126,7 @@ pub enum ApduError {
     /// An extended Lc field of `0000`: ISO/IEC 7816-3 forbids Nc = 0 when Lc is present.
     #[error("extended Lc field is 0000: a present Lc must be non-zero")]
     ZeroLc,
-    /// A body starting with the extended-length marker `00` but with only `len` body bytes
+    /// A body starting with the extended-length marker `00` but with only `body` body bytes
     /// (an extended Le needs 3, an extended Lc at least 4).
     #[error("extended-length APDU too short: {body} body bytes after the 00 marker position")]
     ExtendedTooShort {
