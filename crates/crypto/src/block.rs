@@ -135,7 +135,7 @@ fn dec_blocks<C: BlockCipherDecrypt>(c: &C, data: &mut [u8]) -> usize {
     blocks.len()
 }
 
-/// Builds a RustCrypto cipher from a slice whose length the caller has already checked.
+/// Builds a RustCrypto cipher from a key slice, reporting a wrong length as `KeyLength`.
 fn keyed<C: KeyInit>(cipher: Cipher, key: &[u8]) -> Result<C, CryptoError> {
     C::new_from_slice(key).map_err(|_| CryptoError::KeyLength {
         cipher,
