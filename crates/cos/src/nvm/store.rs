@@ -765,6 +765,38 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpoint_lets_the_largest_entry_follow_the_largest() {
+        let mut nvm = fresh();
+        let biggest = MAX_TRANSACTION_BYTES - RANGE_OVERHEAD;
+        nvm.write(0, &vec![1; biggest]).unwrap();
+        nvm.commit().unwrap();
+        assert_eq!(
+            nvm.last,
+            Some(Span {
+                start: 0,
+                pages: 19
+            })
+        );
+        nvm.write(0, &vec![2; biggest]).unwrap();
+        nvm.commit().unwrap();
+        // Checkpoint (seq 2) on ring page 19, then the entry (seq 3) over the old one.
+        assert_eq!(
+            nvm.last,
+            Some(Span {
+                start: 0,
+                pages: 19
+            })
+        );
+        let mut ring = vec![0u8; nvm.layout.journal_pages * PAGE_SIZE];
+        nvm.eeprom.read(nvm.layout.ring_start(), &mut ring).unwrap();
+        let checkpoint = journal::parse_at(&ring, 19).unwrap();
+        assert_eq!((checkpoint.seq, checkpoint.runs.len()), (2, 0));
+        assert_eq!(journal::newest(&ring).unwrap().seq, 3);
+        let nvm = Nvm::mount(nvm.into_eeprom()).unwrap();
+        assert_eq!(nvm.read_vec(0, biggest).unwrap(), vec![2; biggest]);
+    }
+
+    #[test]
     fn unchanged_commit_writes_nothing() {
         let mut nvm = fresh();
         let before = nvm.stats();
