@@ -58,6 +58,40 @@ fn format_mount_round_trip() {
 }
 
 #[test]
+fn reformat_forgets_everything_and_a_torn_format_is_refused() {
+    let mut nvm = fresh(MIN_SIZE, DEFAULT_ENDURANCE);
+    for i in 0..30u32 {
+        nvm.write_u32(4 * i as usize, i + 1).unwrap();
+        nvm.commit().unwrap();
+    }
+    let used = nvm.into_eeprom();
+    let nvm = Nvm::format(used.clone()).unwrap();
+    let writes = nvm.stats().physical_writes;
+    assert_eq!(writes, 4, "unformat, erase journal, zero user area, header");
+    let nvm = Nvm::mount(nvm.into_eeprom()).unwrap();
+    assert!(user_area(&nvm).iter().all(|&b| b == 0));
+
+    for cut in 0..writes {
+        for torn in [0, 3, 30] {
+            let mut faulty = FaultyEeprom::new(used.clone(), cut, torn);
+            assert!(Nvm::format(&mut faulty).unwrap_err().is_power_lost());
+            match Nvm::mount(faulty.into_inner()) {
+                Err(NvmError::NotFormatted | NvmError::Corrupt(_)) => {}
+                Err(e) => panic!("cut {cut}/{torn}: {e}"),
+                // Cut before the old header was touched: the old contents, untouched.
+                Ok(nvm) if (cut, torn) == (0, 0) => {
+                    assert_eq!(nvm.read_u32(4 * 29).unwrap(), 30);
+                }
+                Ok(nvm) => {
+                    assert_eq!((cut, torn), (writes - 1, 30), "only a whole header mounts");
+                    assert!(user_area(&nvm).iter().all(|&b| b == 0));
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn commit_rollback_and_read_your_writes() {
     let mut nvm = fresh(MIN_SIZE, DEFAULT_ENDURANCE);
     nvm.write(10, b"hello").unwrap();

@@ -162,7 +162,8 @@ impl SimEeprom {
 /// Checks an EEPROM geometry: size a multiple of the page size within the supported range, a
 /// non-zero endurance.
 pub(crate) fn check_geometry(size: usize, endurance: u32) -> Result<(), NvmError> {
-    if size % PAGE_SIZE != 0 || !(MIN_SIZE..=MAX_SIZE).contains(&size) {
+    // PAGE_SIZE is a power of two (and `is_multiple_of` is newer than our MSRV).
+    if size & (PAGE_SIZE - 1) != 0 || !(MIN_SIZE..=MAX_SIZE).contains(&size) {
         return Err(NvmError::BadConfig(format!(
             "EEPROM size {size} bytes is not a multiple of {PAGE_SIZE} between {MIN_SIZE} and {MAX_SIZE}"
         )));

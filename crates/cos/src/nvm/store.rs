@@ -195,7 +195,8 @@ impl<E: Eeprom> Nvm<E> {
 
     /// Formats the EEPROM: writes the system header and an empty journal; the user area is
     /// erased to `0x00`. Bytes already holding their target value are not rewritten. A torn
-    /// format leaves an EEPROM that [`Nvm::mount`] refuses with [`NvmError::NotFormatted`].
+    /// format leaves an EEPROM that [`Nvm::mount`] refuses ([`NvmError::NotFormatted`], or
+    /// [`NvmError::Corrupt`] if the cut tore the header itself): format again.
     pub fn format(eeprom: E) -> Result<Self, NvmError> {
         check_geometry(eeprom.len(), eeprom.endurance())?;
         let layout = Layout::for_size(eeprom.len());
@@ -215,6 +216,13 @@ impl<E: Eeprom> Nvm<E> {
     /// Mounts a formatted EEPROM (the card's power-up): checks the system header, then
     /// recovers: the newest complete journal entry is re-applied (redo is idempotent; bytes
     /// already right are not rewritten), a torn one is ignored.
+    ///
+    /// Errors: [`NvmError::BadConfig`] for an impossible geometry, [`NvmError::NotFormatted`]
+    /// without a system header, [`NvmError::Corrupt`] for a damaged header or an impossible
+    /// journal entry, [`EepromError::PowerLost`] if the power is cut during recovery (mount
+    /// again), [`EepromError::WornOut`] if recovery must rewrite a page that has failed. The
+    /// EEPROM is consumed; pass `&mut eeprom` (every `&mut E` is an [`Eeprom`]) to keep it
+    /// after an error.
     pub fn mount(eeprom: E) -> Result<Self, NvmError> {
         check_geometry(eeprom.len(), eeprom.endurance())?;
         let mut header = [0u8; HEADER_LEN];
