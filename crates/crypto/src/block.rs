@@ -195,7 +195,7 @@ impl BlockCipher {
     }
 
     fn check_len(&self, len: usize) -> Result<(), CryptoError> {
-        if len % self.block_len() == 0 {
+        if len.is_multiple_of(self.block_len()) {
             Ok(())
         } else {
             Err(CryptoError::DataLength {

@@ -107,7 +107,7 @@ pub fn cbc_decrypt(
 
 fn check_whole_blocks(cipher: Cipher, len: usize) -> Result<(), CryptoError> {
     let bl = cipher.block_len();
-    if len % bl == 0 {
+    if len.is_multiple_of(bl) {
         Ok(())
     } else {
         Err(CryptoError::DataLength {

@@ -20,12 +20,19 @@ enum Command {
     /// Block ciphers, MACs and key derivations: hex in, one line of hex out.
     #[command(subcommand)]
     Crypto(cmd::crypto::CryptoCmd),
+    /// Card images: manufacture, send APDUs, inspect.
+    #[command(subcommand)]
+    Card(cmd::card::CardCmd),
+    /// The main job: a card made, personalized and used, end to end, each step shown.
+    Demo(cmd::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Crypto(c) => cmd::crypto::run(c),
+        Command::Card(c) => cmd::card::run(c).map(|()| String::new()),
+        Command::Demo(a) => cmd::demo::run(a).map(|()| String::new()),
     };
     match result {
         Ok(line) => {

@@ -9,4 +9,5 @@
 
 pub mod devkeys;
 pub mod manufacture;
+pub mod personalize;
 pub mod script;

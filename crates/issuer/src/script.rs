@@ -65,9 +65,11 @@ impl<C: CardChannel> Admin<C> {
             len: raw.len(),
         })?;
         while resp.sw.sw1() == 0x61 {
-            let more_raw = self
-                .channel
-                .transmit(&Apdu::new(0x00, 0xC0, 0, 0).with_ne(resp.sw.sw2().into()).to_bytes())?;
+            let more_raw = self.channel.transmit(
+                &Apdu::new(0x00, 0xC0, 0, 0)
+                    .with_ne(resp.sw.sw2().into())
+                    .to_bytes(),
+            )?;
             let more = Response::parse(&more_raw).map_err(|_| ScriptError::Malformed {
                 step: step.into(),
                 len: more_raw.len(),
@@ -92,15 +94,20 @@ impl<C: CardChannel> Admin<C> {
 
     /// SELECT the MF.
     pub fn select_mf(&mut self) -> Result<(), ScriptError> {
-        self.ok("SELECT MF", &Apdu::new(0x00, 0xA4, 0x00, 0x0C).with_data([0x3F, 0x00]))
-            .map(drop)
+        self.ok(
+            "SELECT MF",
+            &Apdu::new(0x00, 0xA4, 0x00, 0x0C).with_data([0x3F, 0x00]),
+        )
+        .map(drop)
     }
 
     /// SELECT a DF by name; returns the FCI.
     pub fn select_aid(&mut self, aid: &[u8]) -> Result<Vec<u8>, ScriptError> {
         self.ok(
             "SELECT by name",
-            &Apdu::new(0x00, 0xA4, 0x04, 0x00).with_data(aid).with_ne(256),
+            &Apdu::new(0x00, 0xA4, 0x04, 0x00)
+                .with_data(aid)
+                .with_ne(256),
         )
     }
 
@@ -119,7 +126,12 @@ impl<C: CardChannel> Admin<C> {
     }
 
     /// EXTERNAL AUTHENTICATE with a 16-byte key (3DES or SM4 by `alg`).
-    pub fn external_authenticate(&mut self, key_index: u8, alg: u8, key: &[u8; 16]) -> Result<(), ScriptError> {
+    pub fn external_authenticate(
+        &mut self,
+        key_index: u8,
+        alg: u8,
+        key: &[u8; 16],
+    ) -> Result<(), ScriptError> {
         let iv = self.challenge()?;
         let cipher = iccard_cos::security::cipher_of(alg)
             .map_err(|_| ScriptError::Invalid(format!("unknown key algorithm {alg:02X}")))?;
@@ -136,17 +148,32 @@ impl<C: CardChannel> Admin<C> {
 
     /// Sends `apdu` under secure messaging: a fresh challenge, then CLA | 04 and the MAC
     /// appended, computed with `key`.
-    pub fn send_mac(&mut self, step: &str, apdu: &Apdu, alg: u8, key: &[u8; 16]) -> Result<Response, ScriptError> {
+    pub fn send_mac(
+        &mut self,
+        step: &str,
+        apdu: &Apdu,
+        alg: u8,
+        key: &[u8; 16],
+    ) -> Result<Response, ScriptError> {
         let iv = self.challenge()?;
         let apdu = mac_command(apdu, alg, key, &iv)?;
         self.send(step, &apdu)
     }
 
     /// Like [`Self::send_mac`], requiring 9000.
-    pub fn ok_mac(&mut self, step: &str, apdu: &Apdu, alg: u8, key: &[u8; 16]) -> Result<Vec<u8>, ScriptError> {
+    pub fn ok_mac(
+        &mut self,
+        step: &str,
+        apdu: &Apdu,
+        alg: u8,
+        key: &[u8; 16],
+    ) -> Result<Vec<u8>, ScriptError> {
         let r = self.send_mac(step, apdu, alg, key)?;
         if r.sw != StatusWord::OK {
-            return Err(ScriptError::Refused { step: step.into(), sw: r.sw });
+            return Err(ScriptError::Refused {
+                step: step.into(),
+                sw: r.sw,
+            });
         }
         Ok(r.data)
     }
@@ -161,7 +188,12 @@ impl<C: CardChannel> Admin<C> {
     }
 
     /// WRITE KEY: the record encrypted and MACed under the key-management key `kek`.
-    pub fn write_key(&mut self, kek_alg: u8, kek: &[u8; 16], key: &KeyRecord) -> Result<(), ScriptError> {
+    pub fn write_key(
+        &mut self,
+        kek_alg: u8,
+        kek: &[u8; 16],
+        key: &KeyRecord,
+    ) -> Result<(), ScriptError> {
         let record = key.to_write_key_data();
         let cryptogram = wrap_key(kek_alg, kek, &record)
             .map_err(|sw| ScriptError::Invalid(format!("cannot wrap key: {sw}")))?;
@@ -177,11 +209,18 @@ impl<C: CardChannel> Admin<C> {
 
 /// Adds secure messaging to `apdu` (see `iccard_cos::security`): CLA | 04, MAC over
 /// `CLA INS P1 P2 Lc ‖ data` appended.
-pub fn mac_command(apdu: &Apdu, alg: u8, key: &[u8; 16], iv: &[u8; 8]) -> Result<Apdu, ScriptError> {
+pub fn mac_command(
+    apdu: &Apdu,
+    alg: u8,
+    key: &[u8; 16],
+    iv: &[u8; 8],
+) -> Result<Apdu, ScriptError> {
     let cla = apdu.cla | 0x04;
     let lc = apdu.data.len() + 4;
     if lc > 255 {
-        return Err(ScriptError::Invalid("secure messaging data over 251 bytes".into()));
+        return Err(ScriptError::Invalid(
+            "secure messaging data over 251 bytes".into(),
+        ));
     }
     let mut input = vec![cla, apdu.ins, apdu.p1, apdu.p2, lc as u8];
     input.extend_from_slice(&apdu.data);
@@ -234,22 +273,38 @@ impl FileSpec {
 
     /// A DF (application area).
     pub fn df(fid: u16, name: &[u8], app: iccard_cos::fs::AppKind) -> Self {
-        Self { name: name.to_vec(), app, ..Self::base(fid, iccard_cos::fs::FileKind::Df) }
+        Self {
+            name: name.to_vec(),
+            app,
+            ..Self::base(fid, iccard_cos::fs::FileKind::Df)
+        }
     }
 
     /// A transparent EF.
     pub fn binary(fid: u16, sfi: u8, size: u16) -> Self {
-        Self { sfi, size, ..Self::base(fid, iccard_cos::fs::FileKind::Transparent) }
+        Self {
+            sfi,
+            size,
+            ..Self::base(fid, iccard_cos::fs::FileKind::Transparent)
+        }
     }
 
     /// A linear-fixed record EF.
     pub fn linear(fid: u16, sfi: u8, len: u8, count: u8) -> Self {
-        Self { sfi, records: (len, count), ..Self::base(fid, iccard_cos::fs::FileKind::LinearFixed) }
+        Self {
+            sfi,
+            records: (len, count),
+            ..Self::base(fid, iccard_cos::fs::FileKind::LinearFixed)
+        }
     }
 
     /// A cyclic record EF.
     pub fn cyclic(fid: u16, sfi: u8, len: u8, count: u8) -> Self {
-        Self { sfi, records: (len, count), ..Self::base(fid, iccard_cos::fs::FileKind::Cyclic) }
+        Self {
+            sfi,
+            records: (len, count),
+            ..Self::base(fid, iccard_cos::fs::FileKind::Cyclic)
+        }
     }
 
     /// The key file of a DF with room for `count` keys.
@@ -262,7 +317,10 @@ impl FileSpec {
 
     /// An application's internal state file.
     pub fn internal(fid: u16, size: u16) -> Self {
-        Self { size, ..Self::base(fid, iccard_cos::fs::FileKind::Internal) }
+        Self {
+            size,
+            ..Self::base(fid, iccard_cos::fs::FileKind::Internal)
+        }
     }
 
     /// Sets the access conditions.
@@ -310,7 +368,14 @@ impl FileSpec {
 }
 
 /// A key record to write, with the retry limit and the state it grants.
-pub fn key(key_type: KeyType, index: u8, alg: u8, value: &[u8], grants: u8, max_tries: u8) -> KeyRecord {
+pub fn key(
+    key_type: KeyType,
+    index: u8,
+    alg: u8,
+    value: &[u8],
+    grants: u8,
+    max_tries: u8,
+) -> KeyRecord {
     KeyRecord {
         record: 0,
         key_type,

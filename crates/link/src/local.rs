@@ -6,7 +6,7 @@
 //! as the `ImageCard`, like a card left in a powered reader.
 
 use crate::{load_image, save_image, CardChannel, LinkError};
-use iccard_cos::nvm::{Eeprom, SimEeprom};
+use iccard_cos::nvm::SimEeprom;
 use iccard_cos::{Card, RandomSource};
 use std::path::{Path, PathBuf};
 
@@ -72,4 +72,3 @@ impl CardChannel for ImageCard {
         Ok(self.card.reset())
     }
 }
-

@@ -385,6 +385,38 @@ impl<E: Eeprom> Nvm<E> {
         result
     }
 
+    /// Erases the journal's history: old entries hold copies of every byte ever committed,
+    /// secrets included, so a card that erases its secrets (self-destruct) must erase them too.
+    ///
+    /// Order, safe at any power cut: first an empty checkpoint entry is written with a new,
+    /// highest sequence number (redo of it changes nothing), then every other ring page is
+    /// erased to `FF`. A cut in between leaves the checkpoint as the newest entry, so no older
+    /// entry is ever replayed. Pages already at their endurance cannot be erased and are left
+    /// as they are. Nothing may be staged.
+    pub fn scrub_journal(&mut self) -> Result<(), NvmError> {
+        self.check_alive()?;
+        if !self.staged.is_empty() {
+            return Err(NvmError::Corrupt(
+                "scrub_journal called with writes staged".into(),
+            ));
+        }
+        // A one-page entry always fits beside the last entry, so no checkpoint is needed.
+        let span = self.place(1)?.span;
+        let seq = self.take_seq()?;
+        self.write_entry(span, &journal::encode(seq, &[]))?;
+        self.last = Some(span);
+        self.next = (span.start + 1) % self.layout.journal_pages;
+        let endurance = self.eeprom.endurance();
+        for p in 0..self.layout.journal_pages {
+            let page = self.layout.journal_first_page + p;
+            if p == span.start || self.eeprom.page_cycles(page) >= endurance {
+                continue;
+            }
+            self.fill(page * PAGE_SIZE, PAGE_SIZE, 0xFF)?;
+        }
+        Ok(())
+    }
+
     /// Drops the staged writes.
     pub fn rollback(&mut self) {
         self.staged.clear();

@@ -328,7 +328,7 @@ fn parse_hex(option: &str, text: &str) -> Result<Zeroizing<Vec<u8>>> {
             pos + 1
         );
     }
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         bail!(
             "{option} is not hex: odd number of digits ({}); each byte is two digits",
             digits.len()

@@ -1,2 +1,4 @@
 //! Subcommands of the `iccard` binary, one module each.
+pub mod card;
 pub mod crypto;
+pub mod demo;

@@ -1,0 +1,3 @@
+//! Integration tests of iccard-link: image files and the in-process card.
+
+mod image_card;
