@@ -23,6 +23,9 @@ enum Command {
     /// Card images: manufacture, send APDUs, inspect.
     #[command(subcommand)]
     Card(cmd::card::CardCmd),
+    /// Terminals: recharge (load) at a recharge point, purchase with a PSAM, balance, log.
+    #[command(subcommand)]
+    Terminal(cmd::terminal::TerminalCmd),
     /// The main job: a card made, personalized and used, end to end, each step shown.
     Demo(cmd::demo::DemoArgs),
 }
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Crypto(c) => cmd::crypto::run(c),
         Command::Card(c) => cmd::card::run(c).map(|()| String::new()),
+        Command::Terminal(c) => cmd::terminal::run(c).map(|()| String::new()),
         Command::Demo(a) => cmd::demo::run(a).map(|()| String::new()),
     };
     match result {

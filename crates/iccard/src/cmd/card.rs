@@ -20,6 +20,9 @@ pub enum CardCmd {
     Apdu(ApduArgs),
     /// Show life cycle, applications, files, key references, counters and EEPROM wear.
     Info(InfoArgs),
+    /// Personalize a blank card into a user card (MF, purse, access application) through the
+    /// real APDU script.
+    Personalize(super::perso::PersonalizeArgs),
 }
 
 /// `card new`.
@@ -46,6 +49,16 @@ pub struct NewArgs {
     /// Replace the file if it exists.
     #[arg(long)]
     force: bool,
+    /// What the card becomes: `blank` (OP_READY, for personalization later) or `psam` (a
+    /// terminal security module, personalized at once; needs --terminal-id and --dev-keys).
+    #[arg(long, value_parser = ["blank", "psam"], default_value = "blank")]
+    profile: String,
+    /// PSAM: the terminal id, 6 bytes of hex.
+    #[arg(long)]
+    terminal_id: Option<String>,
+    /// Use the published development key set (demos and tests only).
+    #[arg(long)]
+    dev_keys: bool,
 }
 
 /// `card apdu`.
@@ -75,6 +88,7 @@ pub fn run(cmd: &CardCmd) -> Result<()> {
         CardCmd::New(a) => new(a),
         CardCmd::Apdu(a) => apdu(a),
         CardCmd::Info(a) => info(a),
+        CardCmd::Personalize(a) => super::perso::run(a),
     }
 }
 
@@ -121,6 +135,9 @@ fn new(a: &NewArgs) -> Result<()> {
     };
     let card = manufacture::make_blank(eeprom, OsRandom, &spec).context("cannot code the chip")?;
     save_image(&a.out, card.nvm().eeprom())?;
+    if a.profile == "psam" {
+        return super::psam::personalize(&a.out, a.terminal_id.as_deref(), a.dev_keys);
+    }
     println!(
         "made blank card {} (chip serial {}, {} KiB, OP_READY)",
         a.out.display(),

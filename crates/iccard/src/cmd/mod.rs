@@ -2,3 +2,6 @@
 pub mod card;
 pub mod crypto;
 pub mod demo;
+pub mod perso;
+pub mod psam;
+pub mod terminal;

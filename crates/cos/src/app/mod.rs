@@ -7,10 +7,18 @@ use crate::nvm::Eeprom;
 use crate::platform::RandomSource;
 use iccard_apdu::{tlv, Command as Apdu, Response, StatusWord};
 
+pub mod psam;
+pub mod purse;
+
 /// Volatile state of the selected application (a purse transaction in progress, a PSAM
 /// session); cleared on reset and whenever the current DF changes.
 #[derive(Debug, Default, Clone)]
-pub struct AppVolatile {}
+pub struct AppVolatile {
+    /// The purse's transaction in progress.
+    pub purse: purse::PurseSession,
+    /// The PSAM's purchase in progress.
+    pub psam: psam::PsamSession,
+}
 
 /// SFI of the public application file (PBOC: the FCI carries it in tag 9F0C).
 pub const SFI_PUBLIC_APPLICATION: u8 = 0x15;
@@ -36,10 +44,9 @@ impl<E: Eeprom, R: RandomSource> Card<E, R> {
     pub(crate) fn app_command(&mut self, apdu: &Apdu) -> CardResult<Response> {
         let df = self.current_df()?;
         match df.app {
-            AppKind::Plain | AppKind::Purse | AppKind::Psam => {
-                let _ = apdu;
-                Err(StatusWord::INS_NOT_SUPPORTED)
-            }
+            AppKind::Purse => self.purse_command(apdu),
+            AppKind::Psam => self.psam_command(apdu),
+            AppKind::Plain => Err(StatusWord::INS_NOT_SUPPORTED),
         }
     }
 }

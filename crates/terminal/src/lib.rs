@@ -1,0 +1,1 @@
+//! # iccard-terminal: recharge and purchase flows (being written)
