@@ -446,7 +446,14 @@ impl<E: Eeprom, R: RandomSource> Card<E, R> {
         }
         let index = self.table.free_slot(&self.nvm)?;
         let body = if spec.size > 0 {
-            let body = self.table.allocate(&self.nvm, spec.size as usize)?;
+            // Cyclic slots are rewritten in turn: page-aligned, each slot of up to a page
+            // wears its own page. Everything else packs on 4 bytes.
+            let align = if spec.kind == FileKind::Cyclic {
+                crate::nvm::PAGE_SIZE
+            } else {
+                4
+            };
+            let body = self.table.allocate(&self.nvm, spec.size as usize, align)?;
             // Bodies start zeroed: freed space may hold an old file's bytes. The space is free
             // until the FCB below is committed, so zeroing it first, in journal-sized steps,
             // leaves nothing half-made if power fails in between.

@@ -589,8 +589,10 @@ impl FileTable {
             .ok_or(StatusWord::NOT_ENOUGH_MEMORY)
     }
 
-    /// First-fit allocation of `len` body bytes (4-byte aligned) between the bodies in use.
-    pub fn allocate<E: Eeprom>(&self, nvm: &Nvm<E>, len: usize) -> CardResult<u32> {
+    /// First-fit allocation of `len` body bytes between the bodies in use, at an address that
+    /// is a multiple of `align` (a power of two; user address 0 is page-aligned, so aligning to
+    /// [`crate::nvm::PAGE_SIZE`] puts a body on a page boundary).
+    pub fn allocate<E: Eeprom>(&self, nvm: &Nvm<E>, len: usize, align: usize) -> CardResult<u32> {
         let mut used: Vec<(usize, usize)> = self
             .all(nvm)?
             .iter()
@@ -598,12 +600,13 @@ impl FileTable {
             .map(|f| (f.body as usize, f.body as usize + f.size as usize))
             .collect();
         used.sort_unstable();
-        let mut cursor = self.heap_start;
+        let up = |a: usize| (a + align - 1) & !(align - 1);
+        let mut cursor = up(self.heap_start);
         for (start, end) in used {
             if start >= cursor + len {
                 break;
             }
-            cursor = cursor.max((end + 3) & !3);
+            cursor = cursor.max(up(end));
         }
         if cursor + len <= self.heap_end {
             Ok(cursor as u32)

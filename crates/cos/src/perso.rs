@@ -46,7 +46,7 @@ pub(crate) fn create_mf<E: Eeprom>(
     };
     table.put(nvm, &mf)?;
     let size = KEY_RECORD_LEN as u16 * MF_KEY_RECORDS as u16;
-    let body = table.allocate(nvm, size as usize)?;
+    let body = table.allocate(nvm, size as usize, 4)?;
     let key_file = Fcb {
         index: 1,
         kind: FileKind::KeyFile,

@@ -1,3 +1,4 @@
 //! Integration tests of iccard-cos: one test binary, one module per area.
 
+mod endurance;
 mod nvm;
