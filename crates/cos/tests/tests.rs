@@ -2,3 +2,4 @@
 
 mod endurance;
 mod nvm;
+mod psam;
