@@ -8,7 +8,12 @@
 //! 3. Card-level files: EF.DIR (SFI 01, the application list) and EF.ICC (SFI 05, card number).
 //! 4. The access-control application area ([`ACCESS_AID`]): key file, keys written under secure
 //!    messaging, PIN, and its files (access rights readable only after a terminal authenticates).
-//! 5. SET STATUS: the applications PERSONALIZED, the card SECURED.
+//! 5. The purse application ([`PURSE_AID`], FID 1001): key file (master, maintenance DAMK,
+//!    purchase DPK and load DLK with index 01, TAC key DTK index 00, PIN unblock and reload
+//!    keys, PIN), the public application file (SFI 15), the holder file (SFI 16), the
+//!    transaction log (SFI 18), the internal state file, and the purse settings (maximum
+//!    balance, offline limits, MAC-failure limit) by PUT DATA under the maintenance key.
+//! 6. SET STATUS: the applications PERSONALIZED, the card SECURED.
 //!
 //! Card keys are diversified from the development master keys by the rightmost 8 bytes of the
 //! application serial (the card number as 10-byte BCD).
@@ -16,6 +21,7 @@
 use crate::devkeys;
 use crate::script::{key, Admin, FileSpec, ScriptError};
 use iccard_apdu::{bcd, tlv, Command as Apdu};
+use iccard_cos::app::purse::{self, PurseSettings, PURSE_FID};
 use iccard_cos::fs::{app_state, AppKind};
 use iccard_cos::keys::{alg, KeyType};
 use iccard_cos::MF_ADMIN_STATE;
@@ -37,6 +43,95 @@ pub const APP_ADMIN_STATE: u8 = 0x0F;
 pub const PIN_TRIES: u8 = 3;
 /// Index of the door/phone terminal key in the access application.
 pub const TERMINAL_KEY_INDEX: u8 = 0x01;
+/// DF name of the purse application.
+pub const PURSE_AID: &[u8] = &purse::PURSE_AID;
+/// Index of the purse's load key (DLK) and purchase key (DPK).
+pub const PURSE_KEY_INDEX: u8 = 0x01;
+/// Index of the purse's TAC key (DTK): the card takes the DTK of the transaction key's index,
+/// else the one of index 00.
+pub const TAC_KEY_INDEX: u8 = 0x00;
+/// Version of the purse keys written at personalization (INITIALIZE answers it).
+pub const PURSE_KEY_VERSION: u8 = 0x01;
+/// Application type byte of the public application file: ED and EP (PBOC `03`).
+pub const PURSE_APP_TYPE: u8 = 0x03;
+/// Application version byte of the public application file.
+pub const PURSE_APP_VERSION: u8 = 0x01;
+/// Size of the purse's holder file (SFI 16): name (20) ‖ id number (18) ‖ id type (1) ‖
+/// holder type (1), written by the issuer later.
+pub const HOLDER_FILE_LEN: u16 = 40;
+
+/// What the purse application gets at personalization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurseProfile {
+    /// Issuer identifier (8 bytes) in the public application file.
+    pub issuer_id: [u8; 8],
+    /// Start of validity, BCD YYYYMMDD.
+    pub start_date: [u8; 4],
+    /// End of validity, BCD YYYYMMDD.
+    pub expiry_date: [u8; 4],
+    /// Limits and the MAC-failure limit, stored on the card.
+    pub settings: PurseSettings,
+    /// Records of the cyclic transaction log.
+    pub log_records: u8,
+    /// Slots the wear-levelled purse state rotates over.
+    pub state_slots: u16,
+}
+
+/// Default maximum balance: 10,000.00 yuan (1,000,000 fen).
+pub const DEFAULT_MAX_BALANCE: u32 = 1_000_000;
+/// Default per-purchase offline limit: 1,000.00 yuan.
+pub const DEFAULT_PURCHASE_LIMIT: u32 = 100_000;
+/// Default daily offline limit: 2,000.00 yuan.
+pub const DEFAULT_DAILY_LIMIT: u32 = 200_000;
+/// Default number of consecutive MAC failures that lock the purse for good.
+pub const DEFAULT_MAC_FAILURE_LIMIT: u8 = 3;
+/// Default issuer identifier: BCD `8860000000000000`.
+pub const DEFAULT_ISSUER_ID: [u8; 8] = [0x88, 0x60, 0, 0, 0, 0, 0, 0];
+
+impl Default for PurseProfile {
+    /// The default limits, valid from today (host clock) for ten years.
+    fn default() -> Self {
+        let days = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() / 86_400)
+            .unwrap_or(0);
+        let start_date = crate::manufacture::bcd_date_from_unix_days(days as i64);
+        Self {
+            issuer_id: DEFAULT_ISSUER_ID,
+            start_date,
+            expiry_date: add_years(start_date, 10),
+            settings: PurseSettings {
+                max_balance: DEFAULT_MAX_BALANCE,
+                purchase_limit: DEFAULT_PURCHASE_LIMIT,
+                daily_limit: DEFAULT_DAILY_LIMIT,
+                mac_failure_limit: DEFAULT_MAC_FAILURE_LIMIT,
+            },
+            log_records: 10,
+            state_slots: 8,
+        }
+    }
+}
+
+/// A BCD YYYYMMDD date `years` later (29 February becomes 28 February).
+pub fn add_years(date: [u8; 4], years: u16) -> [u8; 4] {
+    let digits = bcd::decode(&date).unwrap_or_default();
+    let (Ok(year), Some(month_day)) = (
+        digits.get(..4).unwrap_or("").parse::<u16>(),
+        digits.get(4..8),
+    ) else {
+        return date;
+    };
+    let month_day = if month_day == "0229" {
+        "0228"
+    } else {
+        month_day
+    };
+    let shifted = format!("{:04}{month_day}", (year + years).min(9999));
+    match bcd::encode_digits(&shifted, 4) {
+        Ok(v) => [v[0], v[1], v[2], v[3]],
+        Err(_) => date,
+    }
+}
 
 /// What to personalize.
 #[derive(Clone)]
@@ -47,6 +142,20 @@ pub struct Personalization {
     pub pin: Zeroizing<String>,
     /// Key algorithm of the applications.
     pub alg: PurseAlg,
+    /// The purse application's settings and public data.
+    pub purse: PurseProfile,
+}
+
+impl Personalization {
+    /// A personalization with the default purse profile.
+    pub fn new(card_number: &str, pin: &str, alg: PurseAlg) -> Self {
+        Self {
+            card_number: card_number.into(),
+            pin: Zeroizing::new(pin.into()),
+            alg,
+            purse: PurseProfile::default(),
+        }
+    }
 }
 
 /// Card-number checks and encodings.
@@ -269,6 +378,116 @@ fn access_application<C: CardChannel>(
     Ok(())
 }
 
+/// The purse's public application file (SFI 15, 30 bytes): issuer id (8) ‖ application type (1)
+/// ‖ version (1) ‖ application serial (10) ‖ start date (4) ‖ expiry date (4) ‖ issuer data (2).
+pub fn public_application_file(profile: &PurseProfile, serial: &[u8; 10]) -> [u8; 30] {
+    let mut b = [0u8; purse::PUBLIC_FILE_LEN];
+    b[0..8].copy_from_slice(&profile.issuer_id);
+    b[8] = PURSE_APP_TYPE;
+    b[9] = PURSE_APP_VERSION;
+    b[10..20].copy_from_slice(serial);
+    b[20..24].copy_from_slice(&profile.start_date);
+    b[24..28].copy_from_slice(&profile.expiry_date);
+    b
+}
+
+/// Creates and keys the purse application (the MF authenticated with the card master key).
+fn purse_application<C: CardChannel>(
+    admin: &mut Admin<C>,
+    p: &Personalization,
+    serial: &[u8; 10],
+    d: &[u8; 8],
+    pin: &[u8],
+) -> Result<(), ScriptError> {
+    let a = alg_byte(p.alg);
+    let admin_state = 0xF0 | APP_ADMIN_STATE;
+    let never = 0x0F;
+    admin.create(&FileSpec::df(PURSE_FID, PURSE_AID, AppKind::Purse).access(
+        0xF0,
+        admin_state,
+        admin_state,
+        admin_state,
+    ))?;
+    admin.create(&FileSpec::key_file(10))?;
+    let cmk = card_key(&devkeys::MCMK, PurseAlg::TripleDes, d);
+    let app_master = card_key(&devkeys::MCMK, p.alg, d);
+    admin.write_key(
+        alg::TDES,
+        &cmk,
+        &key(KeyType::Master, 0, a, &app_master[..], APP_ADMIN_STATE, 15),
+    )?;
+    let damk = card_key(&devkeys::MAMK, p.alg, d);
+    let dpk = card_key(&devkeys::MPK, p.alg, d);
+    let dlk = card_key(&devkeys::MLK, p.alg, d);
+    let dtk = card_key(&devkeys::MTK, p.alg, d);
+    let dpuk = card_key(&devkeys::MPUK, p.alg, d);
+    let drpk = card_key(&devkeys::MRPK, p.alg, d);
+    // Purse keys carry no retry counter of their own: the purse's MAC-failure counter guards
+    // them, and it locks the whole application.
+    for k in [
+        key(KeyType::Maintenance, 0, a, &damk[..], 0, 15),
+        key(KeyType::Purchase, PURSE_KEY_INDEX, a, &dpk[..], 0, 0),
+        key(KeyType::Load, PURSE_KEY_INDEX, a, &dlk[..], 0, 0),
+        key(KeyType::Tac, TAC_KEY_INDEX, a, &dtk[..], 0, 0),
+        key(KeyType::PinUnblock, 0, a, &dpuk[..], 0, 15),
+        key(KeyType::PinReload, 0, a, &drpk[..], 0, 15),
+        key(KeyType::Pin, 0, a, pin, PIN_STATE, PIN_TRIES),
+    ] {
+        let mut k = k;
+        k.version = PURSE_KEY_VERSION;
+        admin.write_key(a, &app_master, &k)?;
+    }
+    admin.external_authenticate(0, a, &app_master)?;
+    // Public application file: free read, updates under the maintenance key's MAC.
+    admin.create(
+        &FileSpec::binary(0x0015, 0x15, purse::PUBLIC_FILE_LEN as u16)
+            .access(0xF0, 0xF0, admin_state, admin_state)
+            .update_needs_mac(),
+    )?;
+    admin.ok_mac(
+        "UPDATE BINARY public application file",
+        &Apdu::new(0x00, 0xD6, 0x80 | 0x15, 0x00)
+            .with_data(public_application_file(&p.purse, serial).to_vec()),
+        a,
+        &damk,
+    )?;
+    // Holder file: free read (as PBOC), updates under MAC.
+    admin.create(
+        &FileSpec::binary(0x0016, purse::SFI_HOLDER, HOLDER_FILE_LEN)
+            .access(0xF0, 0xF0, admin_state, admin_state)
+            .update_needs_mac(),
+    )?;
+    // Transaction log: free read; only the purse itself appends.
+    admin.create(
+        &FileSpec::cyclic(
+            0x0018,
+            purse::SFI_LOG,
+            purse::LOG_RECORD_LEN as u8,
+            p.purse.log_records.max(1),
+        )
+        .access(0xF0, never, never, admin_state),
+    )?;
+    admin.create(
+        &FileSpec::internal(
+            0x0001,
+            purse::internal_file_size(p.purse.state_slots.max(1)),
+        )
+        .access(never, never, never, admin_state),
+    )?;
+    admin.ok_mac(
+        "PUT DATA purse settings",
+        &Apdu::new(0x80, 0xDA, 0x00, purse::PUT_DATA_SETTINGS)
+            .with_data(p.purse.settings.to_put_data().to_vec()),
+        a,
+        &damk,
+    )?;
+    admin.ok(
+        "SET STATUS purse PERSONALIZED",
+        &Apdu::new(0x80, 0xF0, 0x40, app_state::PERSONALIZED),
+    )?;
+    Ok(())
+}
+
 /// The access terminals' authentication key of a card: diversified from MAMK by NOT D, so it
 /// differs from the maintenance key diversified from the same master by D.
 pub fn terminal_key(a: PurseAlg, d: &[u8; 8]) -> Zeroizing<[u8; 16]> {
@@ -277,7 +496,7 @@ pub fn terminal_key(a: PurseAlg, d: &[u8; 8]) -> Zeroizing<[u8; 16]> {
 }
 
 /// Personalizes a blank card with the development key set: MF, card-level files, the
-/// access-control application, card SECURED.
+/// access-control application, the purse application, card SECURED.
 pub fn personalize<C: CardChannel>(channel: C, p: &Personalization) -> Result<C, ScriptError> {
     let serial = CardNumber::serial(&p.card_number)?;
     let d = CardNumber::diversifier(&serial);
@@ -286,8 +505,17 @@ pub fn personalize<C: CardChannel>(channel: C, p: &Personalization) -> Result<C,
     admin.channel().reset()?;
     let chip = chip_serial(&mut admin)?;
     let cmk = take_ownership(&mut admin, &chip, &d)?;
-    card_level_files(&mut admin, &cmk, &serial, &[(ACCESS_AID, "ACCESS")])?;
+    card_level_files(
+        &mut admin,
+        &cmk,
+        &serial,
+        &[(PURSE_AID, "PURSE"), (ACCESS_AID, "ACCESS")],
+    )?;
     access_application(&mut admin, p, &d, &pin)?;
+    // Leaving an application clears the MF's state: authenticate again at the MF.
+    admin.select_mf()?;
+    admin.external_authenticate(0, alg::TDES, &cmk)?;
+    purse_application(&mut admin, p, &serial, &d, &pin)?;
     admin.select_mf()?;
     admin.external_authenticate(0, alg::TDES, &cmk)?;
     admin.ok(

@@ -12,7 +12,6 @@ use iccard_issuer::personalize::{self, Personalization};
 use iccard_issuer::script::Admin;
 use iccard_link::{save_image, CardChannel, ImageCard, OsRandom};
 use std::path::PathBuf;
-use zeroize::Zeroizing;
 
 /// `iccard demo`.
 #[derive(Debug, Args)]
@@ -103,11 +102,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
     );
 
     println!("2. Personalization through the APDU script (development keys, {alg})");
-    let p = Personalization {
-        card_number: a.card_number.clone(),
-        pin: Zeroizing::new("123456".into()),
-        alg,
-    };
+    let p = Personalization::new(&a.card_number, "123456", alg);
     personalize::personalize(ImageCard::open(&image)?, &p)?;
     let ch = ImageCard::open(&image)?;
     println!("  card {} is {}", a.card_number, ch.card().state().name());
