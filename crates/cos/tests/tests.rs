@@ -3,3 +3,4 @@
 mod endurance;
 mod nvm;
 mod psam;
+mod purse;
