@@ -3,6 +3,7 @@
 //! - [`devkeys`]: the published development key set (demos and tests only).
 //! - [`manufacture`]: blank cards as a card maker delivers them: chip data, a transport key
 //!   diversified from the transport master key by the chip serial, state OP_READY.
+//! - [`psam`]: PSAM personalization (terminal id, purchase master keys, serial file).
 //!
 //! Architecture invariant: host-side logic only; it talks to cards through APDUs (or, for
 //! manufacture, by formatting a fresh EEPROM as the chip maker's equipment would).
@@ -10,4 +11,5 @@
 pub mod devkeys;
 pub mod manufacture;
 pub mod personalize;
+pub mod psam;
 pub mod script;

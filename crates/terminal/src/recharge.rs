@@ -1,0 +1,211 @@
+//! The recharge (load) flow at an online recharge point: the host side of a PBOC load.
+//!
+//! 1. The card is opened ([`PurseCard::open`]) and checked for validity on the date.
+//! 2. INITIALIZE FOR LOAD; the host keys check the card's MAC1 (a card that cannot produce it is
+//!    not one of ours: nothing is loaded).
+//! 3. The host keys compute MAC2; the pending record is saved.
+//! 4. CREDIT FOR LOAD; the pending record is cleared once the answer (TAC or a refusal) is in.
+//! 5. The host keys verify the TAC; a wrong TAC makes the load *suspicious* (the card was loaded).
+//!
+//! A lost answer to CREDIT FOR LOAD ends in [`TerminalError::AnswerLost`] with the record left
+//! pending; [`Recharge::resume`] finishes it exactly once.
+
+use crate::card::{alg_of, PurseCard, DEFAULT_KEY_INDEX};
+use crate::error::TerminalError;
+use crate::host::{CardKeyRef, HostKeys, LoadContext, TacInput};
+use crate::outcome::{LoadOutcome, RecoveryNote};
+use crate::pending::{PendingStore, PendingTransaction, TransactionKind, PENDING_FORMAT};
+use crate::recovery::{recover, Recovery};
+use crate::time::TransactionTime;
+use iccard_link::CardChannel;
+
+/// A recharge point: its terminal id and the host keys.
+pub struct Recharge<'h, H: HostKeys + ?Sized> {
+    host: &'h H,
+    terminal_id: [u8; 6],
+    key_index: u8,
+}
+
+impl<'h, H: HostKeys + ?Sized> Recharge<'h, H> {
+    /// A recharge point with terminal id `terminal_id`, using purse key index 01.
+    pub fn new(host: &'h H, terminal_id: [u8; 6]) -> Self {
+        Self {
+            host,
+            terminal_id,
+            key_index: DEFAULT_KEY_INDEX,
+        }
+    }
+
+    /// Uses another purse key index.
+    pub fn with_key_index(mut self, key_index: u8) -> Self {
+        self.key_index = key_index;
+        self
+    }
+
+    /// Loads `amount_fen` onto the card.
+    pub fn load<C: CardChannel>(
+        &self,
+        card: &mut PurseCard<C>,
+        amount_fen: u32,
+        when: &TransactionTime,
+        store: &mut dyn PendingStore,
+    ) -> Result<LoadOutcome, TerminalError> {
+        if amount_fen == 0 {
+            return Err(TerminalError::Input(
+                "the amount to load must be at least 1 fen".into(),
+            ));
+        }
+        let identity = card.identity().clone();
+        identity.check_valid_on(when)?;
+        let init = card.initialize_load(self.key_index, amount_fen, &self.terminal_id)?;
+        let alg = alg_of(init.alg_id)?;
+        let ctx = LoadContext {
+            card: CardKeyRef {
+                diversifier: identity.diversifier(),
+                key_index: self.key_index,
+                key_version: init.key_version,
+                alg,
+            },
+            random: init.random,
+            online_serial: init.online_serial,
+            balance_before_fen: init.balance_fen,
+            amount_fen,
+            terminal_id: self.terminal_id,
+        };
+        if !self.host.load_mac1_ok(&ctx, &init.mac1)? {
+            return Err(TerminalError::Mac1Invalid);
+        }
+        let new_balance =
+            init.balance_fen
+                .checked_add(amount_fen)
+                .ok_or(TerminalError::BalanceOverflow {
+                    balance_fen: init.balance_fen,
+                    amount_fen,
+                })?;
+        let mac2 = self.host.load_mac2(&ctx, when)?;
+        let pending = PendingTransaction {
+            format: PENDING_FORMAT,
+            kind: TransactionKind::Load,
+            card_number: identity.card_number(),
+            application_serial: identity.application_serial,
+            serial: init.online_serial,
+            amount_fen,
+            balance_before_fen: init.balance_fen,
+            terminal_id: self.terminal_id,
+            terminal_serial: None,
+            when: *when,
+            key_index: self.key_index,
+            key_version: init.key_version,
+            alg_id: init.alg_id,
+        };
+        store.save(&pending)?;
+        let tac = match card.credit_for_load(when, &mac2) {
+            Ok(tac) => tac,
+            Err(e @ TerminalError::Refused { .. }) => {
+                // An error answer: the card changed no money (card OS invariant).
+                store.clear()?;
+                return Err(e);
+            }
+            Err(e) => {
+                return Err(TerminalError::AnswerLost {
+                    step: "CREDIT FOR LOAD",
+                    pending: Box::new(pending),
+                    cause: e.to_string(),
+                })
+            }
+        };
+        store.clear()?;
+        let outcome = self.outcome(&pending, new_balance, Some(tac), None)?;
+        Ok(outcome)
+    }
+
+    fn outcome(
+        &self,
+        p: &PendingTransaction,
+        new_balance: u32,
+        tac: Option<[u8; 4]>,
+        recovery: Option<RecoveryNote>,
+    ) -> Result<LoadOutcome, TerminalError> {
+        let alg = alg_of(p.alg_id)?;
+        let card = CardKeyRef {
+            diversifier: crate::io::arr(&p.application_serial, 2),
+            key_index: p.key_index,
+            key_version: p.key_version,
+            alg,
+        };
+        let tac_verified = match tac {
+            Some(tac) => Some(self.host.verify_tac(
+                &card,
+                &TacInput::Load {
+                    new_balance_fen: new_balance,
+                    online_serial: p.serial,
+                    amount_fen: p.amount_fen,
+                    terminal_id: p.terminal_id,
+                    when: p.when,
+                },
+                &tac,
+            )?),
+            None => None,
+        };
+        let suspicious = (tac_verified == Some(false)).then(|| {
+            "the card's TAC does not verify: the card was loaded, report this load to the issuer"
+                .to_string()
+        });
+        Ok(LoadOutcome {
+            card_number: p.card_number.clone(),
+            amount_fen: p.amount_fen,
+            balance_before_fen: p.balance_before_fen,
+            balance_after_fen: new_balance,
+            online_serial: p.serial,
+            terminal_id: p.terminal_id,
+            when: p.when,
+            alg: alg.to_string(),
+            key_version: p.key_version,
+            tac: tac.map(|t| iccard_apdu::hex::encode(&t)),
+            tac_verified,
+            recovery,
+            suspicious,
+        })
+    }
+
+    /// Finishes a pending load on the same card: reports it if the card executed it, else runs
+    /// it again (once, with the pending amount, date and time: the same transaction).
+    pub fn resume<C: CardChannel>(
+        &self,
+        card: &mut PurseCard<C>,
+        pending: &PendingTransaction,
+        store: &mut dyn PendingStore,
+    ) -> Result<LoadOutcome, TerminalError> {
+        if pending.kind != TransactionKind::Load {
+            return Err(TerminalError::Input(format!(
+                "the pending transaction is a {}, not a load",
+                pending.kind
+            )));
+        }
+        match recover(card, pending)? {
+            Recovery::Completed { proof } => {
+                let new_balance = pending
+                    .balance_before_fen
+                    .checked_add(pending.amount_fen)
+                    .ok_or(TerminalError::BalanceOverflow {
+                        balance_fen: pending.balance_before_fen,
+                        amount_fen: pending.amount_fen,
+                    })?;
+                let outcome = self.outcome(
+                    pending,
+                    new_balance,
+                    proof.map(|p| p.tac),
+                    Some(RecoveryNote::CompletedEarlier),
+                )?;
+                store.clear()?;
+                Ok(outcome)
+            }
+            Recovery::NotDone => {
+                store.clear()?;
+                let mut outcome = self.load(card, pending.amount_fen, &pending.when, store)?;
+                outcome.recovery = Some(RecoveryNote::Repeated);
+                Ok(outcome)
+            }
+        }
+    }
+}
