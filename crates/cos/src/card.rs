@@ -348,6 +348,7 @@ impl<E: Eeprom, R: RandomSource> Card<E, R> {
             C::CreateFile { fcp } => self.create_file(&fcp),
             C::WriteKey { .. } => self.write_key(apdu),
             C::EraseDf => self.erase_df(),
+            C::ListFiles { dfs } => self.list_files(dfs),
             C::GetData { tag } => self.get_data(tag),
             C::ApplicationBlock { permanent } => self.application_block(apdu, permanent),
             C::ApplicationUnblock => self.application_unblock(apdu),

@@ -192,6 +192,13 @@ pub enum Command {
     },
     /// ERASE DF `80 0E 00 00`: removes every file below the current DF.
     EraseDf,
+    /// LIST DIRECTORY `80 AA <01 DFs | 02 EFs> 00`: the file identifiers of the current DF's
+    /// children of one kind that SELECT reaches (the TCOS command OpenSC's `tcos` driver sends
+    /// for `opensc-explorer ls`).
+    ListFiles {
+        /// DFs (P1=01) or EFs (P1=02).
+        dfs: bool,
+    },
     /// GET DATA `00 CA` / `80 CA` for a tag.
     GetData {
         /// Tag (P1 ‖ P2).
@@ -519,6 +526,15 @@ impl TryFrom<&Apdu> for Command {
                 no_args(p1, p2)?;
                 no_data(apdu)?;
                 Command::EraseDf
+            }
+            (false, 0xAA) => {
+                no_mac(apdu)?;
+                no_data(apdu)?;
+                match (p1, p2) {
+                    (0x01, 0x00) => Command::ListFiles { dfs: true },
+                    (0x02, 0x00) => Command::ListFiles { dfs: false },
+                    _ => return Err(StatusWord::INCORRECT_P1P2),
+                }
             }
             (false, 0x1E) => {
                 if p1 != 0 || p2 > 1 {

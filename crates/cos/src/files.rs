@@ -512,6 +512,22 @@ impl<E: Eeprom, R: RandomSource> Card<E, R> {
         Ok(())
     }
 
+    /// LIST DIRECTORY: the FIDs (2 bytes each, in creation order) of the current DF's DFs or
+    /// EFs that SELECT can reach (key files and internal files are left out); `6A82` if none.
+    pub(crate) fn list_files(&mut self, dfs: bool) -> CardResult<Response> {
+        let fids: Vec<u8> = self
+            .table
+            .children(&self.nvm, self.v.current_df)?
+            .into_iter()
+            .filter(|f| f.is_df() == dfs && !f.kind.is_internal())
+            .flat_map(|f| f.fid.to_be_bytes())
+            .collect();
+        if fids.is_empty() {
+            return Err(StatusWord::FILE_NOT_FOUND);
+        }
+        Ok(Response::new(fids, StatusWord::OK))
+    }
+
     pub(crate) fn erase_df(&mut self) -> CardResult<Response> {
         let df = self.current_df()?;
         let authority = self.managing_df(df.index)?;
