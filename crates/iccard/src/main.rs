@@ -26,6 +26,12 @@ enum Command {
     /// Terminals: recharge (load) at a recharge point, purchase with a PSAM, balance, log.
     #[command(subcommand)]
     Terminal(cmd::terminal::TerminalCmd),
+    /// PC/SC readers: list them with the card in each.
+    #[command(subcommand)]
+    Reader(cmd::reader::ReaderCmd),
+    /// Send APDUs to the card in a PC/SC reader (61xx and 6Cxx followed up); one line of hex
+    /// per answer.
+    Apdu(cmd::reader::ApduArgs),
     /// The main job: a card made, personalized and used, end to end, each step shown.
     Demo(cmd::demo::DemoArgs),
 }
@@ -36,6 +42,8 @@ fn main() -> ExitCode {
         Command::Crypto(c) => cmd::crypto::run(c),
         Command::Card(c) => cmd::card::run(c).map(|()| String::new()),
         Command::Terminal(c) => cmd::terminal::run(c).map(|()| String::new()),
+        Command::Reader(c) => cmd::reader::run(c).map(|()| String::new()),
+        Command::Apdu(a) => cmd::reader::apdu(a).map(|()| String::new()),
         Command::Demo(a) => cmd::demo::run(a).map(|()| String::new()),
     };
     match result {

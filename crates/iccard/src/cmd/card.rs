@@ -23,6 +23,9 @@ pub enum CardCmd {
     /// Personalize a blank card into a user card (MF, purse, access application) through the
     /// real APDU script.
     Personalize(super::perso::PersonalizeArgs),
+    /// Serve card images to pcscd through the vpcd virtual reader (one card per vpcd slot)
+    /// until SIGINT/SIGTERM; each committing command is saved before its answer leaves.
+    Serve(super::serve::ServeArgs),
 }
 
 /// `card new`.
@@ -89,6 +92,7 @@ pub fn run(cmd: &CardCmd) -> Result<()> {
         CardCmd::Apdu(a) => apdu(a),
         CardCmd::Info(a) => info(a),
         CardCmd::Personalize(a) => super::perso::run(a),
+        CardCmd::Serve(a) => super::serve::run(a),
     }
 }
 

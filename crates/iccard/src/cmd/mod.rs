@@ -4,4 +4,6 @@ pub mod crypto;
 pub mod demo;
 pub mod perso;
 pub mod psam;
+pub mod reader;
+pub mod serve;
 pub mod terminal;
