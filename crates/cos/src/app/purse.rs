@@ -6,13 +6,13 @@
 //!
 //! | command | APDU | answer |
 //! |---|---|---|
-//! | INITIALIZE FOR LOAD | `80 50 00 01|02 0B` key index ‖ amount ‖ terminal id | balance ‖ online serial ‖ key version ‖ alg ‖ random ‖ MAC1 |
+//! | INITIALIZE FOR LOAD | `80 50 00 01/02 0B` key index ‖ amount ‖ terminal id | balance ‖ online serial ‖ key version ‖ alg ‖ random ‖ MAC1 |
 //! | CREDIT FOR LOAD | `80 52 00 00 0B` date ‖ time ‖ MAC2 | TAC |
-//! | INITIALIZE FOR PURCHASE | `80 50 01 01|02 0B` key index ‖ amount ‖ terminal id | balance ‖ offline serial ‖ overdraft ‖ key version ‖ alg ‖ random |
+//! | INITIALIZE FOR PURCHASE | `80 50 01 01/02 0B` key index ‖ amount ‖ terminal id | balance ‖ offline serial ‖ overdraft ‖ key version ‖ alg ‖ random |
 //! | DEBIT FOR PURCHASE | `80 54 01 00 0F` terminal serial ‖ date ‖ time ‖ MAC1 | TAC ‖ MAC2 |
-//! | INITIALIZE FOR UNLOAD | `80 50 05 01|02 0B` key index ‖ amount ‖ terminal id | as INITIALIZE FOR LOAD |
+//! | INITIALIZE FOR UNLOAD | `80 50 05 01/02 0B` key index ‖ amount ‖ terminal id | as INITIALIZE FOR LOAD |
 //! | DEBIT FOR UNLOAD | `80 54 03 00 0B` date ‖ time ‖ MAC2 | MAC3 ‖ TAC |
-//! | GET BALANCE | `80 5C 00 01|02 04` | balance |
+//! | GET BALANCE | `80 5C 00 01/02 04` | balance |
 //! | GET TRANSACTION PROOF | `80 5A 00 <type> 02` serial | MAC ‖ TAC |
 //! | PUT DATA purse settings | `84 DA 00 01 11` settings ‖ MAC | — |
 //!
