@@ -325,6 +325,11 @@ impl<E: Eeprom, R: RandomSource> Card<E, R> {
 
     fn execute(&mut self, apdu: &Apdu, cmd: Command) -> CardResult<Response> {
         use Command as C;
+        if !matches!(cmd, C::App(_)) {
+            // PBOC: an INITIALIZE must be followed directly by its completion; any other
+            // command in between ends the application's transaction in progress.
+            self.v.app = Default::default();
+        }
         match cmd {
             C::Select { by, answer } => self.select(by, answer),
             C::ReadBinary { ef, offset, ne } => self.read_binary(ef, offset, ne),
