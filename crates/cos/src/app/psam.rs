@@ -49,7 +49,8 @@ pub const PURCHASE_TYPES: [u8; 2] = [0x06, 0x09];
 const SERIAL_LEN: u16 = 4;
 
 /// The PSAM's volatile state: the purchase whose MAC1 it computed, waiting for the card's MAC2.
-/// Cleared on reset, on DF change, by the next MAC1 and by the MAC2 verification (good or bad).
+/// Cleared on reset, on DF change, by any non-PSAM command (the card loop), by the next MAC1
+/// and by the MAC2 verification (good or bad).
 #[derive(Default, Clone)]
 pub struct PsamSession {
     purchase: Option<PsamPurchase>,
