@@ -2,3 +2,6 @@
 
 mod cli_crypto;
 mod cli_terminal;
+mod pcsc_clients;
+mod pcsc_env;
+mod pcsc_serve;
