@@ -425,6 +425,18 @@ fn mac2_needs_a_preceding_mac1_and_is_checked_once() {
         send(&mut card, &mac2_apdu(good)).sw,
         StatusWord::INVALID_STATE
     );
+    // Any other command between MAC1 and MAC2 ends the session (PBOC).
+    let (serial, _) = mac1(&mut card, &p);
+    let (_, good) = p.expected(&MPK_1, serial);
+    ok(
+        &mut card,
+        "GET CHALLENGE",
+        &Apdu::new(0, 0x84, 0, 0).with_ne(4),
+    );
+    assert_eq!(
+        send(&mut card, &mac2_apdu(good)).sw,
+        StatusWord::INVALID_STATE
+    );
     // A second MAC1 replaces the first session: the first MAC2 no longer verifies.
     let (s1, _) = mac1(&mut card, &p);
     let (_, mac2_first) = p.expected(&MPK_1, s1);
