@@ -220,15 +220,113 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         StatusWord::AUTH_METHOD_BLOCKED,
     )?;
 
-    let ch = admin.into_inner();
+    drop(admin);
+    purse(&dir, &image)?;
+
+    let ch = ImageCard::open(&image)?;
     let info = ch
         .card()
         .info()
         .map_err(|sw| anyhow::anyhow!("card info: {sw}"))?;
     println!(
-        "5. The card now: {}, {} failed authentications of {} before self-destruct, EEPROM max {} cycles/page",
+        "8. The card now: {}, {} failed authentications of {} before self-destruct, EEPROM max {} cycles/page",
         info.life_cycle, info.attack_counter, info.attack_threshold, info.nvm.max_page_cycles
     );
     println!("demo finished: card image {}", image.display());
+    Ok(())
+}
+
+/// The electronic purse: a PSAM is made for a point of sale, the card is recharged at a
+/// recharge point (host keys: development set), then pays offline with the PSAM.
+fn purse(dir: &std::path::Path, image: &std::path::Path) -> Result<()> {
+    use iccard_terminal::{
+        read_balance, read_log, MasterKeyHost, MemoryPending, Psam, Purchase, PurseCard, Recharge,
+        TransactionTime,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let when = TransactionTime::from_unix(now);
+
+    println!("5. A PSAM for a point of sale (terminal 000000000042)");
+    let sam_image = dir.join("psam.img");
+    let mut chip_serial = [0u8; 8];
+    OsRandom.fill(&mut chip_serial);
+    let spec = BlankCard {
+        chip_serial,
+        production_date: manufacture::bcd_date_from_unix_days((now / 86_400) as i64),
+        batch: 1,
+        transport_key_version: 1,
+        attack_threshold: manufacture::DEFAULT_ATTACK_THRESHOLD,
+    };
+    let eeprom = manufacture::eeprom(16, iccard_cos::nvm::DEFAULT_ENDURANCE)?;
+    let sam = manufacture::make_blank(eeprom, OsRandom, &spec)?;
+    save_image(&sam_image, sam.nvm().eeprom())?;
+    let terminal_id = [0, 0, 0, 0, 0, 0x42];
+    iccard_issuer::psam::personalize(
+        ImageCard::open(&sam_image)?,
+        &iccard_issuer::psam::PsamPersonalization { terminal_id },
+    )?;
+    println!(
+        "  image {} (purchase master keys inside; the terminal never sees them)",
+        sam_image.display()
+    );
+
+    println!("6. Recharge point 000000000007: load 100.00 yuan (MAC1 checked, MAC2 computed, TAC verified)");
+    let host = MasterKeyHost::new(
+        iccard_issuer::devkeys::MLK.value(),
+        iccard_issuer::devkeys::MTK.value(),
+    );
+    let mut card = PurseCard::open(ImageCard::open(image)?)?;
+    let out = Recharge::new(&host, [0, 0, 0, 0, 0, 7]).load(
+        &mut card,
+        10_000,
+        &when,
+        &mut MemoryPending::default(),
+    )?;
+    println!(
+        "  card {} balance {} -> {} fen, online serial {}, TAC {} ({})",
+        out.card_number,
+        out.balance_before_fen,
+        out.balance_after_fen,
+        out.online_serial,
+        out.tac.as_deref().unwrap_or("-"),
+        if out.tac_verified == Some(true) {
+            "verified"
+        } else {
+            "NOT verified"
+        }
+    );
+    if out.suspicious.is_some() || out.tac_verified != Some(true) {
+        bail!("the load's TAC did not verify");
+    }
+
+    println!("7. Point of sale, offline: pay 12.34 yuan with the PSAM (MAC1 from the PSAM, MAC2 checked by it)");
+    let mut psam = Psam::open(ImageCard::open(&sam_image)?)?;
+    let out =
+        Purchase::new(&mut psam).pay(&mut card, 1_234, &when, &mut MemoryPending::default())?;
+    println!(
+        "  balance {} -> {} fen, offline serial {}, terminal serial {}, TAC {}",
+        out.balance_before_fen,
+        out.balance_after_fen,
+        out.offline_serial,
+        out.terminal_serial,
+        out.tac.as_deref().unwrap_or("-")
+    );
+    if out.suspicious.is_some() {
+        bail!("the PSAM rejected the card's MAC2");
+    }
+    drop(card);
+    let balance = read_balance(ImageCard::open(image)?)?;
+    println!("  balance read back: {} fen", balance.balance_fen);
+    for r in read_log(ImageCard::open(image)?)? {
+        println!(
+            "  log: serial {} {} {} fen at terminal {}",
+            r.serial,
+            r.kind,
+            r.amount_fen,
+            hex::encode(&r.terminal_id)
+        );
+    }
     Ok(())
 }
