@@ -139,6 +139,15 @@ pub fn iccard(args: &[&str]) -> Output {
         .expect("the iccard binary runs")
 }
 
+/// Runs `iccard ARGS` outside the namespace in directory `dir`.
+pub fn iccard_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(iccard_bin())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the iccard binary runs")
+}
+
 /// Runs `iccard ARGS`, which must succeed; returns stdout.
 pub fn iccard_ok(args: &[&str]) -> String {
     let out = iccard(args);
@@ -204,8 +213,14 @@ impl Served {
     /// Serves `images` on slots 0, 1, ... with `extra` options, and waits until pcscd sees
     /// every card.
     pub fn start(images: &[&Path], extra: &[&str], log: PathBuf) -> Served {
+        Self::start_at(0, images, extra, log)
+    }
+
+    /// Serves `images` on slots `first`, `first` + 1, ... (at most slot 1).
+    pub fn start_at(first: usize, images: &[&Path], extra: &[&str], log: PathBuf) -> Served {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", NETNS, iccard_bin(), "card", "serve"]);
+        cmd.args(["--slot", &first.to_string()]);
         for i in images {
             cmd.arg("--image").arg(i);
         }
@@ -217,7 +232,8 @@ impl Served {
             .stderr(log_file)
             .spawn()
             .expect("ip netns exec iccard card serve starts");
-        let readers: Vec<&'static str> = [CARD_READER, SAM_READER][..images.len()].to_vec();
+        let readers: Vec<&'static str> =
+            [CARD_READER, SAM_READER][first..first + images.len()].to_vec();
         let mut served = Served {
             child: Some(child),
             log,

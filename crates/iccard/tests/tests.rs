@@ -5,3 +5,4 @@ mod cli_terminal;
 mod pcsc_clients;
 mod pcsc_env;
 mod pcsc_serve;
+mod pcsc_terminal;

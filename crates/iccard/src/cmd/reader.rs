@@ -1,11 +1,16 @@
-//! PC/SC readers from the command line: `iccard reader list` and
-//! `iccard apdu --reader NAME HEX...`.
+//! PC/SC readers from the command line: `iccard reader list`, `iccard apdu --reader NAME
+//! HEX...`, and [`OpenCard`]: the card a command names, `--card FILE` (an image, in-process) or
+//! `--reader NAME` (PC/SC), handed to the command as one [`CardChannel`].
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use iccard_apdu::hex;
-use iccard_link::{list_readers, transmit_full, CardChannel, PcscCard};
+use iccard_link::{
+    list_readers, transmit_full, CardChannel, ImageCard, LinkError, PcscCard, PcscTransaction,
+};
+use iccard_terminal::PendingFile;
 use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 
 /// `iccard reader` subcommands.
 #[derive(Debug, Subcommand)]
@@ -132,4 +137,87 @@ pub fn apdu(a: &ApduArgs) -> Result<()> {
         bail!("{failed} input line(s) failed");
     }
     Ok(())
+}
+
+/// A card a command opened: an image file in-process, or the card in a PC/SC reader.
+pub enum OpenCard {
+    /// `--card FILE`.
+    Image(Box<ImageCard>, PathBuf),
+    /// `--reader NAME`.
+    Reader(PcscCard),
+}
+
+impl OpenCard {
+    /// Opens `--card FILE` or `--reader NAME`, exactly one of which must be given; `what`
+    /// names the card in messages ("card", "PSAM").
+    pub fn open(image: Option<&Path>, reader: Option<&str>, what: &str) -> Result<Self> {
+        match (image, reader) {
+            (Some(path), None) => {
+                Ok(OpenCard::Image(
+                    Box::new(ImageCard::open(path).with_context(|| {
+                        format!("cannot open the {what} image {}", path.display())
+                    })?),
+                    path.to_path_buf(),
+                ))
+            }
+            (None, Some(name)) => Ok(OpenCard::Reader(
+                PcscCard::connect(name)
+                    .with_context(|| format!("cannot reach the {what} in reader {name:?}"))?,
+            )),
+            (Some(_), Some(_)) => {
+                bail!("the {what} is either an image file or in a reader, not both")
+            }
+            (None, None) => bail!("say where the {what} is: an image file or a reader"),
+        }
+    }
+
+    /// The channel for one flow: the image as it is, or the reader's card taken exclusively
+    /// (one PC/SC transaction, ended when the channel is dropped).
+    pub fn channel(&mut self) -> Result<Channel<'_>> {
+        Ok(match self {
+            OpenCard::Image(card, _) => Channel::Image(card),
+            OpenCard::Reader(card) => Channel::Reader(card.transaction()?),
+        })
+    }
+
+    /// Where the record of an interrupted transaction is kept: beside the card image, or for
+    /// a card in a reader, in the current directory under the reader's name
+    /// (`iccard-reader-<name>.pending.json`), since the terminal, not the card, keeps it.
+    pub fn pending_file(&self) -> PendingFile {
+        match self {
+            OpenCard::Image(_, path) => PendingFile::beside(path),
+            OpenCard::Reader(card) => {
+                let name: String = card
+                    .reader()
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                    .collect();
+                PendingFile::new(format!("iccard-reader-{name}.pending.json"))
+            }
+        }
+    }
+}
+
+/// An [`OpenCard`]'s channel.
+pub enum Channel<'a> {
+    /// An image card.
+    Image(&'a mut ImageCard),
+    /// A PC/SC card inside an exclusive transaction.
+    Reader(PcscTransaction<'a>),
+}
+
+impl CardChannel for Channel<'_> {
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, LinkError> {
+        match self {
+            Channel::Image(c) => c.transmit(apdu),
+            Channel::Reader(c) => c.transmit(apdu),
+        }
+    }
+
+    fn reset(&mut self) -> Result<Vec<u8>, LinkError> {
+        match self {
+            Channel::Image(c) => c.reset(),
+            Channel::Reader(c) => c.reset(),
+        }
+    }
 }

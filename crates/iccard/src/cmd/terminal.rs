@@ -11,17 +11,17 @@
 //! while it exists finishes that transaction (completed earlier, or repeated once) instead of
 //! starting a new one.
 
-use anyhow::{anyhow, Context, Result};
+use super::reader::OpenCard;
+use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand};
 use iccard_apdu::hex;
 use iccard_issuer::devkeys;
-use iccard_link::ImageCard;
 use iccard_terminal::{
     read_balance, read_log, LoadOutcome, MasterKeyHost, PendingFile, PendingTransaction, Psam,
     Purchase, PurchaseOutcome, PurseCard, Recharge, TerminalError, TransactionKind,
     TransactionTime,
 };
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// `iccard terminal` subcommands.
 #[derive(Debug, Subcommand)]
@@ -52,8 +52,11 @@ pub struct WhenArgs {
 #[derive(Debug, Args)]
 pub struct LoadArgs {
     /// Card image file.
-    #[arg(long)]
-    card: PathBuf,
+    #[arg(long, required_unless_present = "reader")]
+    card: Option<PathBuf>,
+    /// PC/SC reader holding the card, in place of --card (see `iccard reader list`).
+    #[arg(long, conflicts_with = "card")]
+    reader: Option<String>,
     /// Amount in fen (1 yuan = 100 fen).
     #[arg(long)]
     amount: u32,
@@ -75,11 +78,17 @@ pub struct LoadArgs {
 #[derive(Debug, Args)]
 pub struct PurchaseArgs {
     /// Card image file.
-    #[arg(long)]
-    card: PathBuf,
+    #[arg(long, required_unless_present = "reader")]
+    card: Option<PathBuf>,
+    /// PC/SC reader holding the card, in place of --card (see `iccard reader list`).
+    #[arg(long, conflicts_with = "card")]
+    reader: Option<String>,
     /// The terminal's PSAM image file.
-    #[arg(long)]
-    sam: PathBuf,
+    #[arg(long, required_unless_present = "sam_reader")]
+    sam: Option<PathBuf>,
+    /// PC/SC reader holding the PSAM, in place of --sam.
+    #[arg(long, conflicts_with = "sam")]
+    sam_reader: Option<String>,
     /// Amount in fen.
     #[arg(long)]
     amount: u32,
@@ -94,8 +103,11 @@ pub struct PurchaseArgs {
 #[derive(Debug, Args)]
 pub struct CardArgs {
     /// Card image file.
-    #[arg(long)]
-    card: PathBuf,
+    #[arg(long, required_unless_present = "reader")]
+    card: Option<PathBuf>,
+    /// PC/SC reader holding the card, in place of --card (see `iccard reader list`).
+    #[arg(long, conflicts_with = "card")]
+    reader: Option<String>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -126,11 +138,6 @@ fn when(w: &WhenArgs) -> Result<TransactionTime> {
     let date = w.date.clone().unwrap_or_else(|| now.date_string());
     let time = w.time.clone().unwrap_or_else(|| now.time_string());
     Ok(TransactionTime::parse(&date, &time)?)
-}
-
-fn open_image(path: &Path, what: &str) -> Result<ImageCard> {
-    ImageCard::open(path)
-        .with_context(|| format!("cannot open the {what} image {}", path.display()))
 }
 
 /// Reports an operation that ran and failed, and exits 1. Input errors go back to `main`
@@ -194,7 +201,8 @@ fn load(a: &LoadArgs) -> Result<()> {
     }
     let terminal_id = iccard_issuer::psam::parse_terminal_id(&a.terminal_id)?;
     let when = when(&a.when)?;
-    let mut file = PendingFile::beside(&a.card);
+    let mut opened = OpenCard::open(a.card.as_deref(), a.reader.as_deref(), "card")?;
+    let mut file = opened.pending_file();
     let pending = check_pending(&file, TransactionKind::Load, a.amount)?;
     if let Some(p) = &pending {
         if p.terminal_id != terminal_id {
@@ -206,7 +214,7 @@ fn load(a: &LoadArgs) -> Result<()> {
         }
     }
     let host = MasterKeyHost::new(devkeys::MLK.value(), devkeys::MTK.value());
-    let channel = open_image(&a.card, "card")?;
+    let channel = opened.channel()?;
     let result = PurseCard::open(channel).and_then(|mut card| {
         let recharge = Recharge::new(&host, terminal_id);
         match &pending {
@@ -273,10 +281,12 @@ fn suspicious(why: Option<&str>) -> Result<()> {
 
 fn purchase(a: &PurchaseArgs) -> Result<()> {
     let when = when(&a.when)?;
-    let mut file = PendingFile::beside(&a.card);
+    let mut card_opened = OpenCard::open(a.card.as_deref(), a.reader.as_deref(), "card")?;
+    let mut sam_opened = OpenCard::open(a.sam.as_deref(), a.sam_reader.as_deref(), "PSAM")?;
+    let mut file = card_opened.pending_file();
     let pending = check_pending(&file, TransactionKind::Purchase, a.amount)?;
-    let card_channel = open_image(&a.card, "card")?;
-    let sam_channel = open_image(&a.sam, "PSAM")?;
+    let card_channel = card_opened.channel()?;
+    let sam_channel = sam_opened.channel()?;
     let result = Psam::open(sam_channel).and_then(|mut psam| {
         let mut card = PurseCard::open(card_channel)?;
         let mut pos = Purchase::new(&mut psam);
@@ -331,7 +341,8 @@ fn print_purchase(out: &PurchaseOutcome, json: bool) -> Result<()> {
 }
 
 fn balance(a: &CardArgs) -> Result<()> {
-    let channel = open_image(&a.card, "card")?;
+    let mut opened = OpenCard::open(a.card.as_deref(), a.reader.as_deref(), "card")?;
+    let channel = opened.channel()?;
     match read_balance(channel) {
         Ok(b) if a.json => {
             println!("{}", serde_json::to_string_pretty(&b)?);
@@ -351,7 +362,8 @@ fn balance(a: &CardArgs) -> Result<()> {
 }
 
 fn log(a: &CardArgs) -> Result<()> {
-    let channel = open_image(&a.card, "card")?;
+    let mut opened = OpenCard::open(a.card.as_deref(), a.reader.as_deref(), "card")?;
+    let channel = opened.channel()?;
     match read_log(channel) {
         Ok(records) if a.json => {
             println!("{}", serde_json::to_string_pretty(&records)?);
