@@ -33,12 +33,14 @@ impl ImageCard {
     pub fn open(path: &Path) -> Result<Self, LinkError> {
         let eeprom = load_image(path)?;
         let card = Card::power_on(eeprom, OsRandom)?;
-        let saved_writes = card.nvm().stats().physical_writes;
-        Ok(Self {
+        let mut opened = Self {
             path: path.to_path_buf(),
             card,
-            saved_writes,
-        })
+            saved_writes: 0,
+        };
+        // Power-up may write (journal recovery, a self-destruct's scrub finished): keep it.
+        opened.save_if_changed()?;
+        Ok(opened)
     }
 
     /// The card itself (for inspection).
