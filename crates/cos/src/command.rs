@@ -313,8 +313,9 @@ impl TryFrom<&Apdu> for Command {
 
     fn try_from(apdu: &Apdu) -> Result<Self, StatusWord> {
         let (cla, ins, p1, p2) = (apdu.cla, apdu.ins, apdu.p1, apdu.p2);
-        // Only the basic logical channel.
-        if cla != 0xFF && cla & 0x80 == 0 && cla & 0x03 != 0 {
+        // Only the basic logical channel: CLA 01..03 and PBOC/EMV 81..83 (b2-b1), and the
+        // further interindustry classes 40..7F (channels 4..19), address other channels.
+        if apdu.logical_channel() != 0 {
             return Err(StatusWord::LOGICAL_CHANNEL_NOT_SUPPORTED);
         }
         let iso = cla & 0xF0 == 0x00; // 00, 04, 0C
