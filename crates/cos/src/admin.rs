@@ -112,7 +112,11 @@ impl<E: Eeprom, R: RandomSource> Card<E, R> {
                         | (S::CardLocked, S::Secured)
                 );
                 if target == S::Terminated {
+                    // As TERMINATE CARD USAGE: the erasure committed, then the journal's
+                    // copies of the keys scrubbed.
                     self.erase_secrets()?;
+                    self.commit()?;
+                    crate::fs::nv(self.nvm.scrub_journal())?;
                 } else if !allowed {
                     return Err(StatusWord::CONDITIONS_NOT_SATISFIED);
                 } else {

@@ -114,8 +114,13 @@ impl<E: Eeprom, R: RandomSource> Card<E, R> {
     /// Powers the card up from its EEPROM: mounts the NVM (finishing or undoing an
     /// interrupted commit) and reads the header.
     pub fn power_on(eeprom: E, rng: R) -> Result<Self, CardError> {
-        let nvm = Nvm::mount(eeprom)?;
+        let mut nvm = Nvm::mount(eeprom)?;
         let header = Header::read(&nvm).map_err(CardError::Layout)?;
+        if header.state == CardState::Terminated {
+            // A power cut between a self-destruct's commit and its journal scrub leaves old
+            // journal entries (copies of the keys) behind: finish the scrub (free once done).
+            nvm.scrub_journal()?;
+        }
         let table = FileTable::new(&header, nvm.user_len());
         Ok(Self::with(nvm, rng, table, header))
     }

@@ -393,6 +393,10 @@ impl<E: Eeprom> Nvm<E> {
     /// erased to `FF`. A cut in between leaves the checkpoint as the newest entry, so no older
     /// entry is ever replayed. Pages already at their endurance cannot be erased and are left
     /// as they are. Nothing may be staged.
+    ///
+    /// When every ring page outside the newest entry is already erased (or worn out) there is
+    /// no history left and nothing is written: scrubbing again is free, so a card can repeat
+    /// it at every power-up to finish a scrub that a power cut interrupted.
     pub fn scrub_journal(&mut self) -> Result<(), NvmError> {
         self.check_alive()?;
         if !self.staged.is_empty() {
@@ -400,10 +404,16 @@ impl<E: Eeprom> Nvm<E> {
                 "scrub_journal called with writes staged".into(),
             ));
         }
+        if self.journal_is_clean()? {
+            return Ok(());
+        }
         // A one-page entry always fits beside the last entry, so no checkpoint is needed.
         let span = self.place(1)?.span;
         let seq = self.take_seq()?;
-        self.write_entry(span, &journal::encode(seq, &[]))?;
+        // The checkpoint fills its whole page: the page's old tail may hold an older entry.
+        let mut checkpoint = journal::encode(seq, &[]);
+        checkpoint.bytes.resize(PAGE_SIZE, 0xFF);
+        self.write_entry(span, &checkpoint)?;
         self.last = Some(span);
         self.next = (span.start + 1) % self.layout.journal_pages;
         let endurance = self.eeprom.endurance();
@@ -415,6 +425,26 @@ impl<E: Eeprom> Nvm<E> {
             self.fill(page * PAGE_SIZE, PAGE_SIZE, 0xFF)?;
         }
         Ok(())
+    }
+
+    /// True if no ring page outside the newest entry holds anything (all `FF`, or worn out).
+    fn journal_is_clean(&self) -> Result<bool, NvmError> {
+        let ring = self.layout.journal_pages;
+        let endurance = self.eeprom.endurance();
+        let mut page = [0u8; PAGE_SIZE];
+        for p in 0..ring {
+            let addr_page = self.layout.journal_first_page + p;
+            if self.last.is_some_and(|l| l.contains(p, ring))
+                || self.eeprom.page_cycles(addr_page) >= endurance
+            {
+                continue;
+            }
+            self.eeprom.read(addr_page * PAGE_SIZE, &mut page)?;
+            if page.iter().any(|&b| b != 0xFF) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Drops the staged writes.
