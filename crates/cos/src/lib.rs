@@ -12,6 +12,7 @@
 //! - [`card`]: power-up, the command loop, the life-cycle gate, per-command transactions.
 //! - `files`, `security`, `admin`: the commands (ISO 7816-4/-9, PBOC, GlobalPlatform).
 //! - [`app`]: proprietary applications (purse, PSAM) hooked onto DFs.
+//! - [`fuzzing`]: a public-key reference card for tests and benchmarks, and the fuzz driver.
 //!
 //! The commands, their status words and the project-defined formats are documented in
 //! `docs/COS.md`.
@@ -22,6 +23,7 @@ pub mod card;
 pub mod command;
 mod files;
 pub mod fs;
+pub mod fuzzing;
 pub mod info;
 pub mod keys;
 pub mod nvm;

@@ -1,6 +1,10 @@
 //! Integration tests of iccard-cos: one test binary, one module per area.
 
+mod brute;
 mod endurance;
 mod nvm;
 mod psam;
 mod purse;
+mod tear;
+mod transcript;
+mod transcripts;
