@@ -121,8 +121,14 @@ impl<E: Eeprom, R: RandomSource> Card<E, R> {
             // journal entries (copies of the keys) behind: finish the scrub (free once done).
             nvm.scrub_journal()?;
         }
+        let erasing = Header::erasing(&nvm).map_err(CardError::Layout)?;
         let table = FileTable::new(&header, nvm.user_len());
-        Ok(Self::with(nvm, rng, table, header))
+        let mut card = Self::with(nvm, rng, table, header);
+        if let Some(df) = erasing {
+            // An ERASE DF was cut between its mark and its last commit: finish it.
+            card.sweep_erase(df).map_err(CardError::Layout)?;
+        }
+        Ok(card)
     }
 
     fn with(nvm: Nvm<E>, rng: R, table: FileTable, header: Header) -> Self {

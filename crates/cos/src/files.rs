@@ -4,8 +4,8 @@
 use crate::card::Card;
 use crate::command::{has_mac, EfRef, RecordRef, SelectAnswer, SelectBy};
 use crate::fs::{
-    app_state, flags, lcs, nv, Access, AppKind, CardResult, Fcb, FileKind, MAX_DF_NAME, MF_FID,
-    NO_PARENT,
+    app_state, flags, lcs, nv, Access, AppKind, CardResult, Fcb, FileKind, Header, MAX_DF_NAME,
+    MF_FID, NO_PARENT,
 };
 use crate::keys::KEY_RECORD_LEN;
 use crate::nvm::{Eeprom, Nvm};
@@ -534,15 +534,13 @@ impl<E: Eeprom, R: RandomSource> Card<E, R> {
         if !df.ac_delete.allows(self.security_of(authority)) {
             return Err(StatusWord::SECURITY_STATUS_NOT_SATISFIED);
         }
-        let removed = self.table.descendants(&self.nvm, df.index)?;
-        for f in &removed {
-            if f.kind == FileKind::KeyFile {
-                // Keys go in the same commit as the files: no deleted key survives a tear.
-                nv(self.nvm.write(f.body as usize, &vec![0u8; f.size as usize]))?;
-            }
-            self.table.remove(&mut self.nvm, f.index)?;
-        }
+        // A DF's files (key files zeroed) can exceed one journal transaction: the DF is
+        // marked in the header first, then swept in as many commits as it takes; the last one
+        // clears the mark, and power-up finishes a sweep a power cut interrupted. Either way
+        // no command ever sees a half-erased DF, and no deleted key survives.
+        Header::set_erasing(&mut self.nvm, Some(df.index))?;
         self.commit()?;
+        let removed = self.sweep_erase(df.index)?;
         // The other bodies are free space now; clearing them is hygiene, and CREATE FILE
         // clears again before reuse, so a tear here loses nothing.
         for f in removed
@@ -554,6 +552,38 @@ impl<E: Eeprom, R: RandomSource> Card<E, R> {
         self.v.current_ef = None;
         self.v.record_ptr = None;
         Ok(Response::sw(StatusWord::OK))
+    }
+
+    /// Removes every file below `df` (key files zeroed first), deepest first, committing
+    /// whenever the next write would not fit the journal, and clears the ERASE DF mark in the
+    /// last commit. Safe to run again after a tear: it starts from what is left.
+    pub(crate) fn sweep_erase(&mut self, df: u8) -> CardResult<Vec<Fcb>> {
+        let removed = self.table.descendants(&self.nvm, df)?;
+        for f in &removed {
+            if f.kind == FileKind::KeyFile {
+                let (body, size) = (f.body as usize, f.size as usize);
+                for at in (0..size).step_by(ZERO_STEP) {
+                    let n = ZERO_STEP.min(size - at);
+                    self.stage_within_journal(n)?;
+                    nv(self.nvm.write(body + at, &vec![0u8; n]))?;
+                }
+            }
+            self.stage_within_journal(crate::fs::FCB_LEN)?;
+            self.table.remove(&mut self.nvm, f.index)?;
+        }
+        self.stage_within_journal(1)?;
+        Header::set_erasing(&mut self.nvm, None)?;
+        self.commit()?;
+        Ok(removed)
+    }
+
+    /// Commits what is staged if `len` more bytes would not fit one journal transaction.
+    fn stage_within_journal(&mut self, len: usize) -> CardResult<()> {
+        use crate::nvm::{MAX_TRANSACTION_BYTES, RANGE_OVERHEAD};
+        if self.nvm.staged_journal_bytes() + len + RANGE_OVERHEAD > MAX_TRANSACTION_BYTES {
+            self.commit()?;
+        }
+        Ok(())
     }
 }
 

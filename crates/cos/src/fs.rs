@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! 0x0000  card header, 64 bytes   magic "ICOS", layout version, card life cycle, attack counter
-//!                                 and threshold, chip production data, file-table capacity
+//!                                 and threshold, chip production data, file-table capacity,
+//!                                 ERASE DF in progress
 //! 0x0040  file table              `capacity` file control blocks (FCB) of 48 bytes each
 //! ....    heap                    file bodies, allocated first-fit between the bodies the
 //!                                 table records (the table *is* the allocation map)
@@ -155,6 +156,9 @@ const H_ATTACKS: usize = 6;
 const H_THRESHOLD: usize = 7;
 const H_CHIP: usize = 8;
 const H_CAPACITY: usize = 26;
+/// ERASE DF in progress: the DF's slot + 1 (0: none). Set in a commit of its own before the
+/// removal, which may take several commits; power-up finishes it.
+const H_ERASING: usize = 27;
 
 impl Header {
     /// Reads and checks the header.
@@ -194,6 +198,18 @@ impl Header {
     /// Stages a new attack counter.
     pub fn set_attack_counter<E: Eeprom>(nvm: &mut Nvm<E>, value: u8) -> CardResult<()> {
         nv(nvm.write(HEADER_ADDR + H_ATTACKS, &[value]))
+    }
+
+    /// The DF whose ERASE DF was interrupted, if any.
+    pub fn erasing<E: Eeprom>(nvm: &Nvm<E>) -> CardResult<Option<u8>> {
+        let v = nv(nvm.read_u8(HEADER_ADDR + H_ERASING))?;
+        Ok(v.checked_sub(1))
+    }
+
+    /// Stages the ERASE DF mark (`None` clears it).
+    pub fn set_erasing<E: Eeprom>(nvm: &mut Nvm<E>, df: Option<u8>) -> CardResult<()> {
+        let v = df.map_or(0, |d| d.saturating_add(1));
+        nv(nvm.write(HEADER_ADDR + H_ERASING, &[v]))
     }
 
     /// Table capacity suited to an NVM of `user_len` bytes: one FCB per 512 bytes, 24..=128.
