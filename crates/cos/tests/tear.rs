@@ -226,6 +226,14 @@ fn tear_a_personalization_at_every_write() {
 }
 
 #[test]
+fn tear_an_erase_df_of_the_whole_card_at_every_write() {
+    let r = tear_script(&Transcript::load("erase.apdu"));
+    report("erase.apdu", &r);
+    assert!(r.after > 0, "{r:?}");
+    assert_eq!(r.cuts, r.before + r.after + r.try_spent);
+}
+
+#[test]
 fn the_try_spent_rule_is_exact() {
     let card = iccard_cos::fuzzing::personalized_card(1);
     let before = snapshot(&card);

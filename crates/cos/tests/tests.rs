@@ -3,6 +3,7 @@
 mod brute;
 mod endurance;
 mod nvm;
+mod props;
 mod psam;
 mod purse;
 mod tear;

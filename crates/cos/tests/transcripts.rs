@@ -32,6 +32,7 @@ transcripts!(
     perso,
     selfdestruct,
     updates,
+    erase,
 );
 
 /// The command of `docs/COS.md` an APDU is (by CLA, INS and P1).
