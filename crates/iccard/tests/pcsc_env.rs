@@ -32,6 +32,16 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// `ip` from iproute2, which Debian installs in /usr/sbin (not on every user's PATH).
+pub fn ip() -> Command {
+    let sbin = Path::new("/usr/sbin/ip");
+    Command::new(if sbin.is_file() {
+        sbin
+    } else {
+        Path::new("ip")
+    })
+}
+
 fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
@@ -218,7 +228,7 @@ impl Served {
 
     /// Serves `images` on slots `first`, `first` + 1, ... (at most slot 1).
     pub fn start_at(first: usize, images: &[&Path], extra: &[&str], log: PathBuf) -> Served {
-        let mut cmd = Command::new("ip");
+        let mut cmd = ip();
         cmd.args(["netns", "exec", NETNS, iccard_bin(), "card", "serve"]);
         cmd.args(["--slot", &first.to_string()]);
         for i in images {

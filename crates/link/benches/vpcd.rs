@@ -95,7 +95,9 @@ struct Role(Child);
 impl Role {
     fn start(role: &str, addr: &str, image: &Path, quickack: bool) -> Role {
         let exe = std::env::current_exe().unwrap();
-        let child = Command::new("ip")
+        // iproute2's ip lives in /usr/sbin on Debian, not on every PATH.
+        let ip = Path::new("/usr/sbin/ip");
+        let child = Command::new(if ip.is_file() { ip } else { Path::new("ip") })
             .args(["netns", "exec", "iccard"])
             .arg(exe)
             .env(ROLE, role)
