@@ -1,0 +1,145 @@
+//! The back office's error type: every variant says what went wrong and what to do.
+
+use crate::operators::{Action, Role};
+
+/// Result with [`OfficeError`].
+pub type Result<T, E = OfficeError> = std::result::Result<T, E>;
+
+/// Everything a back-office operation can refuse or fail with. Messages never contain a
+/// password, a key or a password hash.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OfficeError {
+    /// The database driver failed.
+    #[error("database error: {0} (check the database URL, that the server runs and that the schema is migrated)")]
+    Database(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration failed: {0} (the database may belong to a newer iccard; do not edit applied migrations)")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    /// The database URL is unusable.
+    #[error("database URL {url} is not usable: {reason}")]
+    BadDatabaseUrl {
+        /// The URL, password redacted.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The schema is missing.
+    #[error("the database has no back-office schema: run `iccard office init` first")]
+    NotMigrated,
+    /// No back office was created in this database yet.
+    #[error("no back office in this database: run `iccard office init` first")]
+    NotInitialized,
+    /// `init` ran on a database that already holds a back office.
+    #[error("this database already holds a back office (issuer {issuer_number}); use another database URL")]
+    AlreadyInitialized {
+        /// The issuer number found.
+        issuer_number: String,
+    },
+    /// The operator's role does not allow the action.
+    #[error("operator {login} ({role}) may not {action}: ask an administrator to run it or to change the role")]
+    Denied {
+        /// The operator.
+        login: String,
+        /// Their role.
+        role: Role,
+        /// What they tried.
+        action: Action,
+    },
+    /// Wrong login or password (deliberately not saying which).
+    #[error("login refused: unknown operator, wrong password or disabled account; check the login and password or ask an administrator")]
+    LoginRefused,
+    /// The operator was disabled after logging in.
+    #[error("operator {login} is disabled: ask an administrator")]
+    OperatorDisabled {
+        /// The operator.
+        login: String,
+    },
+    /// An input is malformed.
+    #[error("{what} is not valid: {why}")]
+    Invalid {
+        /// Which input.
+        what: &'static str,
+        /// What is expected.
+        why: String,
+    },
+    /// A named thing does not exist.
+    #[error("no {what} {key}: check the spelling or list them first")]
+    NotFound {
+        /// What kind of thing.
+        what: &'static str,
+        /// Its key.
+        key: String,
+    },
+    /// A named thing exists already.
+    #[error("{what} {key} exists already: choose another")]
+    Duplicate {
+        /// What kind of thing.
+        what: &'static str,
+        /// Its key.
+        key: String,
+    },
+    /// The operation needs a machine of another kind.
+    #[error("machine {machine_number} is a {actual}, but this operation must run at a {needed}: log in at the right machine")]
+    WrongMachine {
+        /// The machine.
+        machine_number: String,
+        /// Its kind.
+        actual: &'static str,
+        /// The kind needed.
+        needed: &'static str,
+    },
+    /// An amount overflowed or went negative.
+    #[error("amount out of range: {0} (amounts are positive integers of minor units below 2^63)")]
+    AmountOutOfRange(String),
+    /// A journal entry does not balance (a bug in the caller: nothing was written).
+    #[error("journal entry does not balance: debits {debit_minor}, credits {credit_minor}; nothing was posted")]
+    Unbalanced {
+        /// Sum of debits.
+        debit_minor: i64,
+        /// Sum of credits.
+        credit_minor: i64,
+    },
+    /// The card's online serial differs from the shadow account's.
+    #[error("card {application_serial} reports online serial {card}, the back office expects {expected}: a load is missing or duplicated; do not load, open a case")]
+    OnlineSerialMismatch {
+        /// The card.
+        application_serial: String,
+        /// What the card said.
+        card: i64,
+        /// What the shadow account holds.
+        expected: i64,
+    },
+    /// A purchase was already recorded (or is older than the last one).
+    #[error("card {application_serial} offline serial {offline_serial} is already settled (last settled {last}); nothing to do")]
+    OfflineSerialSettled {
+        /// The card.
+        application_serial: String,
+        /// The record's serial.
+        offline_serial: i64,
+        /// The last settled serial.
+        last: i64,
+    },
+    /// The shadow balance cannot cover a purchase.
+    #[error("card {application_serial} shadow balance {balance_minor} cannot cover {amount_minor}: open a case")]
+    ShadowBalanceShort {
+        /// The card.
+        application_serial: String,
+        /// Shadow balance.
+        balance_minor: i64,
+        /// The purchase amount.
+        amount_minor: i64,
+    },
+    /// The last active administrator cannot be disabled or demoted.
+    #[error("{login} is the last active administrator: create another administrator first")]
+    LastAdministrator {
+        /// The operator.
+        login: String,
+    },
+    /// Password hashing failed.
+    #[error("password hashing failed: {0}")]
+    PasswordHash(String),
+    /// Stored data contradicts itself.
+    #[error("stored data is inconsistent: {0}; run `iccard office check`")]
+    Corrupt(String),
+}

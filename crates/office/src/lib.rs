@@ -1,0 +1,80 @@
+//! # iccard-office: the issuer's back office
+//!
+//! The back office keeps the issuer's books for the purse: who may do what ([`operators`]),
+//! on which machine ([`machines`]), what every card is worth ([`ledger`] shadow accounts), where
+//! the money is (the double-entry [`ledger`]), and a tamper-evident record of everything that
+//! was done ([`audit`]). [`Office`] is the façade every caller (CLI, console, settlement) uses.
+//!
+//! ## Storage: one code path, two databases
+//!
+//! [`store::Store`] is SQLite (embedded default, WAL mode, `BEGIN IMMEDIATE` for every write so
+//! concurrent writers wait on the busy timeout instead of failing) or PostgreSQL (by URL). Every
+//! query is one SQL text with `$N` placeholders for both; the schema is one migration set
+//! (`crates/office/migrations`, only BIGINT and TEXT, ids from a `counters` table instead of
+//! dialect-specific auto-increment). Every write transaction first updates the one `write_lock`
+//! row, so PostgreSQL writers serialize the way SQLite's do: no lost update, and the audit chain
+//! has a single head. The only dialect-specific SQL is the `BEGIN` statement.
+//!
+//! ## Invariants
+//!
+//! - Every business operation is **one** write transaction: its business record (`operations`
+//!   and a typed row such as `card_loads`), its history rows, its balanced journal entry and its
+//!   `ok` audit record commit together or not at all. A refused operation leaves a `denied`
+//!   audit record, a failed one a `failed` record, and nothing else.
+//! - Money is `i64` minor units; every sum is checked (`checked_add`/`checked_sub`), an
+//!   overflow is an error, never a wrap.
+//! - Every state change of a card, operator or machine appends a history row.
+//! - [`check::check`] proves from the data: every entry has ≥ 2 lines and balances, every line
+//!   has exactly one positive side, every account's stored balance equals its lines, the float
+//!   equals the sum of the card shadow balances, deposits held equal the card deposits, and the
+//!   audit chain is intact (else it names the first broken link).
+//!
+//! ## Chart of accounts
+//!
+//! `bank` (asset), `cash:<machine number>` per recharge point (asset), `float` (stored value
+//! owed to card holders), `deposits_held`, `refunds_payable`, `merchant_payable` (liabilities),
+//! `card_fee_income` (income). Postings so far: issuance Dr cash / Cr deposits held + card fee
+//! income; load Dr cash / Cr float; settled purchase Dr float / Cr merchant payable; cash to
+//! bank Dr bank / Cr cash.
+//!
+//! ## Roles
+//!
+//! [`operators::Role::permits`] is the one table: administrators manage operators, branches and
+//! machines (and, until the settlement slice, settle purchases); issuance clerks open cards;
+//! recharge clerks load cards and hand cash to the bank; auditors run `check`, verify the audit
+//! chain and read the ledger. Passwords are argon2id PHC strings; a session's role is
+//! re-checked against the database by every operation.
+//!
+//! ## Tests
+//!
+//! `tests/` holds the conformance suite: the same tests on SQLite (a temporary file) and, when
+//! `ICCARD_TEST_POSTGRES_URL` is set, on PostgreSQL (`scripts/postgres-test-setup` starts a
+//! loopback PostgreSQL 15 and prints the URL). The concurrency test spawns the test binary
+//! itself as several OS processes posting loads to the same cards at once.
+//!
+//! ## Not done yet (next slices)
+//!
+//! - The keystore trait (local encrypted file, PKCS#11 via `cryptoki` on SoftHSM2), key
+//!   versions and the key ceremony log; MAC1/MAC2/TAC verification in loads and settlement;
+//!   the `--dev-keys` refusal in production (the [`office::Mode`] is already stored).
+//! - The `iccard office init|operator|machine|key|check|audit` command line with `--json`
+//!   (every report type here already derives `Serialize`).
+//! - Settlement proper (TAC verification, counter-gap detection, cases), refunds, loss lists.
+//! - Golden schema tests (a database written by each release still opens).
+
+pub mod audit;
+pub mod check;
+pub mod error;
+pub mod ledger;
+pub mod machines;
+pub mod office;
+pub mod operators;
+pub mod store;
+
+pub use error::{OfficeError, Result};
+pub use office::{
+    Clock, InitConfig, LoadCard, LoadReceipt, Mode, NewOperator, Office, OpenCard, SettlePurchase,
+    Settings,
+};
+pub use operators::{Action, Password, Role, Session};
+pub use store::{Dialect, Store};
