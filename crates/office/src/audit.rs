@@ -221,7 +221,9 @@ pub async fn append(tx: &mut Tx, draft: &AuditDraft) -> Result<i64> {
         )
         .await?;
     if updated != 1 {
-        return Err(OfficeError::Corrupt("audit head moved during an append".into()));
+        return Err(OfficeError::Corrupt(
+            "audit head moved during an append".into(),
+        ));
     }
     Ok(seq)
 }
@@ -277,7 +279,10 @@ pub async fn verify(tx: &mut Tx) -> Result<ChainReport> {
         let problem = if rec.seq != expected_seq {
             broken(
                 expected_seq,
-                format!("record {expected_seq} is missing (next stored is {})", rec.seq),
+                format!(
+                    "record {expected_seq} is missing (next stored is {})",
+                    rec.seq
+                ),
             )
         } else if rec.prev_hash != expected_prev {
             broken(

@@ -42,7 +42,9 @@ impl CheckReport {
 }
 
 fn checked_sum(values: impl IntoIterator<Item = i64>) -> Option<i64> {
-    values.into_iter().try_fold(0i64, |acc, v| acc.checked_add(v))
+    values
+        .into_iter()
+        .try_fold(0i64, |acc, v| acc.checked_add(v))
 }
 
 /// Runs every check on `store` (read-only).
@@ -62,7 +64,9 @@ pub async fn check(store: &Store) -> Result<CheckReport> {
         .await?;
     for (id, lines, debit, credit) in &entries {
         if *lines < 2 {
-            problems.push(format!("journal entry {id} has {lines} line(s), needs at least 2"));
+            problems.push(format!(
+                "journal entry {id} has {lines} line(s), needs at least 2"
+            ));
         }
         if debit != credit {
             problems.push(format!(

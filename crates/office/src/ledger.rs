@@ -43,7 +43,9 @@ impl AccountKind {
             "asset" => Ok(AccountKind::Asset),
             "liability" => Ok(AccountKind::Liability),
             "income" => Ok(AccountKind::Income),
-            other => Err(OfficeError::Corrupt(format!("unknown account kind {other:?}"))),
+            other => Err(OfficeError::Corrupt(format!(
+                "unknown account kind {other:?}"
+            ))),
         }
     }
 

@@ -73,8 +73,8 @@ pub mod store;
 
 pub use error::{OfficeError, Result};
 pub use office::{
-    Clock, InitConfig, LoadCard, LoadReceipt, Mode, NewOperator, Office, OpenCard, SettlePurchase,
-    Settings,
+    Clock, InitConfig, LoadCard, LoadReceipt, Mode, NewOperator, Office, OpenCard, Settings,
+    SettlePurchase,
 };
 pub use operators::{Action, Password, Role, Session};
 pub use store::{Dialect, Store};

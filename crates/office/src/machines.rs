@@ -89,7 +89,8 @@ pub struct NewMachine {
 pub fn validate_code(what: &'static str, s: &str) -> Result<()> {
     let ok = !s.is_empty()
         && s.len() <= 32
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if ok {
         Ok(())
     } else {

@@ -431,8 +431,11 @@ impl Office {
             }
         };
         if let Some(err) = refusal {
-            audit::append(&mut tx, &self.draft(s, action, subject, at, Outcome::Denied, err.to_string()))
-                .await?;
+            audit::append(
+                &mut tx,
+                &self.draft(s, action, subject, at, Outcome::Denied, err.to_string()),
+            )
+            .await?;
             tx.commit().await?;
             return Err(err);
         }
@@ -472,8 +475,11 @@ impl Office {
     ) -> Result<T> {
         match result {
             Ok((value, detail)) => {
-                audit::append(&mut tx, &self.draft(s, action, subject, at, Outcome::Ok, detail))
-                    .await?;
+                audit::append(
+                    &mut tx,
+                    &self.draft(s, action, subject, at, Outcome::Ok, detail),
+                )
+                .await?;
                 tx.commit().await?;
                 Ok(value)
             }
@@ -510,7 +516,12 @@ impl Office {
         Ok(id)
     }
 
-    async fn require_machine(&self, tx: &mut Tx, s: &Session, kind: MachineKind) -> Result<Machine> {
+    async fn require_machine(
+        &self,
+        tx: &mut Tx,
+        s: &Session,
+        kind: MachineKind,
+    ) -> Result<Machine> {
         let m = machines::machine(tx, &s.machine_number).await?;
         if m.kind != kind {
             return Err(OfficeError::WrongMachine {
@@ -532,7 +543,10 @@ impl Office {
             validate_login(&new.login)?;
             let hash = new.password.hash_new()?;
             let exists: Option<(i64,)> = tx
-                .fetch_optional("SELECT id FROM operators WHERE login = $1", &args![&new.login])
+                .fetch_optional(
+                    "SELECT id FROM operators WHERE login = $1",
+                    &args![&new.login],
+                )
                 .await?;
             if exists.is_some() {
                 return Err(OfficeError::Duplicate {
@@ -560,11 +574,17 @@ impl Office {
             Ok((op, format!("role {}", new.role)))
         }
         .await;
-        self.finish(s, Action::CreateOperator, &subject, at, tx, result).await
+        self.finish(s, Action::CreateOperator, &subject, at, tx, result)
+            .await
     }
 
     /// Changes an operator's role (the last active administrator keeps theirs).
-    pub async fn change_operator_role(&self, s: &Session, login: &str, role: Role) -> Result<Operator> {
+    pub async fn change_operator_role(
+        &self,
+        s: &Session,
+        login: &str,
+        role: Role,
+    ) -> Result<Operator> {
         let subject = format!("operator {login}");
         let (mut tx, at) = self.begin(s, Action::ChangeOperatorRole, &subject).await?;
         let result = async {
@@ -578,7 +598,8 @@ impl Office {
             Ok((op, format!("role {old} -> {role}")))
         }
         .await;
-        self.finish(s, Action::ChangeOperatorRole, &subject, at, tx, result).await
+        self.finish(s, Action::ChangeOperatorRole, &subject, at, tx, result)
+            .await
     }
 
     /// Disables an operator (the last active administrator cannot be disabled).
@@ -595,7 +616,8 @@ impl Office {
             Ok((op, String::from("disabled")))
         }
         .await;
-        self.finish(s, Action::DisableOperator, &subject, at, tx, result).await
+        self.finish(s, Action::DisableOperator, &subject, at, tx, result)
+            .await
     }
 
     /// Every operator, by login.
@@ -633,7 +655,9 @@ impl Office {
             .await?;
         tx.rollback().await?;
         rows.into_iter()
-            .map(|(at, change, role, state)| Ok((at, change, Role::parse(&role)?, state == "active")))
+            .map(|(at, change, role, state)| {
+                Ok((at, change, Role::parse(&role)?, state == "active"))
+            })
             .collect()
     }
 
@@ -646,7 +670,8 @@ impl Office {
         let result = machines::insert_branch(&mut tx, code, name, at)
             .await
             .map(|b| (b, name.to_owned()));
-        self.finish(s, Action::CreateBranch, &subject, at, tx, result).await
+        self.finish(s, Action::CreateBranch, &subject, at, tx, result)
+            .await
     }
 
     /// Registers a machine; a recharge point gets its cash account.
@@ -672,7 +697,8 @@ impl Office {
             Ok((m, detail))
         }
         .await;
-        self.finish(s, Action::RegisterMachine, &subject, at, tx, result).await
+        self.finish(s, Action::RegisterMachine, &subject, at, tx, result)
+            .await
     }
 
     /// Retires a machine (its history keeps it; no one logs in at it again).
@@ -697,7 +723,8 @@ impl Office {
             Ok((m, String::from("retired")))
         }
         .await;
-        self.finish(s, Action::RetireMachine, &subject, at, tx, result).await
+        self.finish(s, Action::RetireMachine, &subject, at, tx, result)
+            .await
     }
 
     /// Every machine.
@@ -723,7 +750,9 @@ impl Office {
                 .deposit_minor
                 .checked_add(req.fee_minor)
                 .ok_or_else(|| overflow("deposit + fee"))?;
-            let rp = self.require_machine(&mut tx, s, MachineKind::RechargePoint).await?;
+            let rp = self
+                .require_machine(&mut tx, s, MachineKind::RechargePoint)
+                .await?;
             if ledger::card(&mut tx, &req.application_serial).await.is_ok() {
                 return Err(OfficeError::Duplicate {
                     what: "card",
@@ -744,7 +773,10 @@ impl Office {
             let card = ledger::card(&mut tx, &req.application_serial).await?;
             ledger::card_history(&mut tx, &card, op, at, "opened").await?;
             if total > 0 {
-                let mut lines = vec![LineSpec::debit(ledger::cash_account_code(&rp.machine_number), total)];
+                let mut lines = vec![LineSpec::debit(
+                    ledger::cash_account_code(&rp.machine_number),
+                    total,
+                )];
                 if req.deposit_minor > 0 {
                     lines.push(LineSpec::credit(ledger::DEPOSITS_HELD, req.deposit_minor));
                 }
@@ -757,7 +789,8 @@ impl Office {
             Ok((card, detail))
         }
         .await;
-        self.finish(s, Action::OpenCard, &subject, at, tx, result).await
+        self.finish(s, Action::OpenCard, &subject, at, tx, result)
+            .await
     }
 
     /// Loads a card against cash: checks the card's online serial against the shadow account,
@@ -769,7 +802,9 @@ impl Office {
         let result = async {
             validate_amount("load amount", req.amount_minor, false)?;
             validate_amount("card balance", req.card_balance_minor, true)?;
-            let rp = self.require_machine(&mut tx, s, MachineKind::RechargePoint).await?;
+            let rp = self
+                .require_machine(&mut tx, s, MachineKind::RechargePoint)
+                .await?;
             let mut card = ledger::card(&mut tx, &req.application_serial).await?;
             if req.card_online_serial != card.online_serial {
                 return Err(OfficeError::OnlineSerialMismatch {
@@ -792,12 +827,25 @@ impl Office {
                 .ok_or_else(|| overflow("card balance"))?;
             card.proven_at_ms = at;
             let op = self
-                .record_operation(&mut tx, s, "load_card", at, Some(card.id), Some(req.amount_minor))
+                .record_operation(
+                    &mut tx,
+                    s,
+                    "load_card",
+                    at,
+                    Some(card.id),
+                    Some(req.amount_minor),
+                )
                 .await?;
             tx.execute(
                 "INSERT INTO card_loads (operation_id, card_id, amount_minor, \
                  card_balance_before_minor, online_serial) VALUES ($1, $2, $3, $4, $5)",
-                &args![op, card.id, req.amount_minor, req.card_balance_minor, req.card_online_serial],
+                &args![
+                    op,
+                    card.id,
+                    req.amount_minor,
+                    req.card_balance_minor,
+                    req.card_online_serial
+                ],
             )
             .await?;
             ledger::update_card(&mut tx, &card, op, at, "loaded").await?;
@@ -807,7 +855,10 @@ impl Office {
                 at,
                 "card load",
                 &[
-                    LineSpec::debit(ledger::cash_account_code(&rp.machine_number), req.amount_minor),
+                    LineSpec::debit(
+                        ledger::cash_account_code(&rp.machine_number),
+                        req.amount_minor,
+                    ),
                     LineSpec::credit(ledger::FLOAT, req.amount_minor),
                 ],
             )
@@ -826,7 +877,8 @@ impl Office {
             ))
         }
         .await;
-        self.finish(s, Action::LoadCard, &subject, at, tx, result).await
+        self.finish(s, Action::LoadCard, &subject, at, tx, result)
+            .await
     }
 
     /// Settles an uploaded offline purchase: Dr float / Cr merchant payable, the shadow balance
@@ -891,7 +943,8 @@ impl Office {
             Ok((card, detail))
         }
         .await;
-        self.finish(s, Action::SettlePurchase, &subject, at, tx, result).await
+        self.finish(s, Action::SettlePurchase, &subject, at, tx, result)
+            .await
     }
 
     /// Hands cash from the session's recharge point to the bank: Dr bank / Cr cash. Refused if
@@ -930,7 +983,8 @@ impl Office {
             Ok((op, format!("amount {amount_minor}")))
         }
         .await;
-        self.finish(s, Action::BankDeposit, &subject, at, tx, result).await
+        self.finish(s, Action::BankDeposit, &subject, at, tx, result)
+            .await
     }
 
     /// A card's shadow account.
@@ -942,7 +996,10 @@ impl Office {
     }
 
     /// A card's history rows, oldest first.
-    pub async fn card_history(&self, application_serial: &str) -> Result<Vec<ledger::CardHistoryRow>> {
+    pub async fn card_history(
+        &self,
+        application_serial: &str,
+    ) -> Result<Vec<ledger::CardHistoryRow>> {
         let mut tx = self.store.read().await?;
         let c = ledger::card(&mut tx, application_serial).await?;
         let rows = ledger::card_history_rows(&mut tx, c.id).await?;
@@ -969,10 +1026,18 @@ impl Office {
         let detail = if report.is_clean() {
             format!("clean: {} entries, {} cards", report.entries, report.cards)
         } else {
-            format!("{} problem(s): {}", report.problems.len(), report.problems.join("; "))
+            format!(
+                "{} problem(s): {}",
+                report.problems.len(),
+                report.problems.join("; ")
+            )
         };
         let mut tx = self.store.write().await?;
-        audit::append(&mut tx, &self.draft(s, Action::Check, "ledger", at, Outcome::Ok, detail)).await?;
+        audit::append(
+            &mut tx,
+            &self.draft(s, Action::Check, "ledger", at, Outcome::Ok, detail),
+        )
+        .await?;
         tx.commit().await?;
         Ok(report)
     }

@@ -102,10 +102,10 @@ impl From<Option<String>> for Arg {
     }
 }
 
-/// Builds a `Vec<Arg>` from values convertible into [`Arg`].
+/// Builds an array of [`Arg`] from values convertible into it (pass it as `&args![…]`).
 #[macro_export]
 macro_rules! args {
-    ($($v:expr),* $(,)?) => { vec![$($crate::store::Arg::from($v)),*] };
+    ($($v:expr),* $(,)?) => { [$($crate::store::Arg::from($v)),*] };
 }
 
 /// Binds every [`Arg`] to a sqlx query or query_as, in order.

@@ -1,0 +1,8 @@
+//! The back office's integration tests: one binary (see `Cargo.toml`).
+//!
+//! `conformance` runs every scenario on SQLite and, when `ICCARD_TEST_POSTGRES_URL` is set, on
+//! PostgreSQL; `concurrency` spawns this binary as several processes posting at once.
+
+mod concurrency;
+mod conformance;
+mod support;
