@@ -112,11 +112,8 @@ impl<E: Eeprom, R: RandomSource> Card<E, R> {
                         | (S::CardLocked, S::Secured)
                 );
                 if target == S::Terminated {
-                    // As TERMINATE CARD USAGE: the erasure committed, then the journal's
-                    // copies of the keys scrubbed.
-                    self.erase_secrets()?;
-                    self.commit()?;
-                    crate::fs::nv(self.nvm.scrub_journal())?;
+                    // As TERMINATE CARD USAGE.
+                    self.self_destruct()?;
                 } else if !allowed {
                     return Err(StatusWord::CONDITIONS_NOT_SATISFIED);
                 } else {
@@ -193,9 +190,7 @@ impl<E: Eeprom, R: RandomSource> Card<E, R> {
         } else if !apdu.data.is_empty() {
             return Err(StatusWord::WRONG_LENGTH);
         }
-        self.erase_secrets()?;
-        self.commit()?;
-        crate::fs::nv(self.nvm.scrub_journal())?;
+        self.self_destruct()?;
         Ok(Response::sw(StatusWord::OK))
     }
 }

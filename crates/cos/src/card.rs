@@ -114,19 +114,14 @@ impl<E: Eeprom, R: RandomSource> Card<E, R> {
     /// Powers the card up from its EEPROM: mounts the NVM (finishing or undoing an
     /// interrupted commit) and reads the header.
     pub fn power_on(eeprom: E, rng: R) -> Result<Self, CardError> {
-        let mut nvm = Nvm::mount(eeprom)?;
+        let nvm = Nvm::mount(eeprom)?;
         let header = Header::read(&nvm).map_err(CardError::Layout)?;
-        if header.state == CardState::Terminated {
-            // A power cut between a self-destruct's commit and its journal scrub leaves old
-            // journal entries (copies of the keys) behind: finish the scrub (free once done).
-            nvm.scrub_journal()?;
-        }
-        let erasing = Header::erasing(&nvm).map_err(CardError::Layout)?;
         let table = FileTable::new(&header, nvm.user_len());
         let mut card = Self::with(nvm, rng, table, header);
-        if let Some(df) = erasing {
-            // An ERASE DF was cut between its mark and its last commit: finish it.
-            card.sweep_erase(df).map_err(CardError::Layout)?;
+        if card.header.state == CardState::Terminated {
+            // A power cut during a self-destruct leaves keys or journal copies of them behind:
+            // finish it (nothing is written once it is done).
+            card.finish_self_destruct().map_err(CardError::Layout)?;
         }
         Ok(card)
     }
@@ -357,8 +352,8 @@ impl<E: Eeprom, R: RandomSource> Card<E, R> {
             C::InternalAuthenticate { key_index, data } => {
                 self.internal_authenticate(key_index, &data)
             }
-            C::Verify { pin_index, pin } => self.verify(pin_index, pin.map(Zeroizing::new)),
-            C::ChangePin { old, new } => self.change_pin(Zeroizing::new(old), Zeroizing::new(new)),
+            C::Verify { pin_index, pin } => self.verify(pin_index, pin.map(|p| p.0)),
+            C::ChangePin { old, new } => self.change_pin(old.0, new.0),
             C::ReloadPin { .. } => self.reload_pin(apdu),
             C::UnblockPin { .. } => self.unblock_pin(apdu),
             C::CreateFile { fcp } => self.create_file(&fcp),

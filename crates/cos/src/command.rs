@@ -6,6 +6,23 @@
 //! defines the rest, documented in `docs/COS.md`.
 
 use iccard_apdu::{Command as Apdu, StatusWord};
+use zeroize::Zeroizing;
+
+/// Secret bytes carried by a command (a PIN): wiped on drop, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretBytes(pub Zeroizing<Vec<u8>>);
+
+impl SecretBytes {
+    fn new(bytes: &[u8]) -> Self {
+        Self(Zeroizing::new(bytes.to_vec()))
+    }
+}
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} secret bytes>", self.0.len())
+    }
+}
 
 /// How SELECT names its target (ISO 7816-4 §11.1.1, P1).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +70,8 @@ pub enum EfRef {
 pub enum RecordRef {
     /// Record number P1 (1-based; for cyclic files 1 is the newest).
     Number(u8),
+    /// The current record (P1=00).
+    Current,
     /// The first record.
     First,
     /// The last record.
@@ -161,19 +180,19 @@ pub enum Command {
         /// PIN index.
         pin_index: u8,
         /// The PIN (packed BCD), or None to ask for the tries left.
-        pin: Option<Vec<u8>>,
+        pin: Option<SecretBytes>,
     },
     /// CHANGE PIN `80 5E 01 00`: old ‖ FF ‖ new (PBOC).
     ChangePin {
         /// Old PIN.
-        old: Vec<u8>,
+        old: SecretBytes,
         /// New PIN.
-        new: Vec<u8>,
+        new: SecretBytes,
     },
     /// RELOAD PIN `84 5E 00 00`: new PIN, MAC'd with the PIN reload key.
     ReloadPin {
-        /// New PIN.
-        new: Vec<u8>,
+        /// New PIN and its MAC.
+        new: SecretBytes,
     },
     /// PIN UNBLOCK `84 24 00 00`: PIN encrypted and MAC'd with the PIN unblock key.
     UnblockPin {
@@ -288,12 +307,9 @@ fn record_ref(p1: u8, p2: u8) -> Result<(EfRef, RecordRef), StatusWord> {
         EfRef::Sfi(sfi)
     };
     let record = match p2 & 0x07 {
-        0b100 => {
-            if p1 == 0 {
-                return Err(StatusWord::INCORRECT_P1P2);
-            }
-            RecordRef::Number(p1)
-        }
+        // P1=00 with mode 100 is the current record (ISO 7816-4 §7.3.1).
+        0b100 if p1 == 0 => RecordRef::Current,
+        0b100 => RecordRef::Number(p1),
         0b000 if p1 == 0 => RecordRef::First,
         0b001 if p1 == 0 => RecordRef::Last,
         0b010 if p1 == 0 => RecordRef::Next,
@@ -469,14 +485,15 @@ impl TryFrom<&Apdu> for Command {
                 }
                 Command::Verify {
                     pin_index: p2,
-                    pin: (!apdu.data.is_empty()).then(|| apdu.data.clone()),
+                    pin: (!apdu.data.is_empty()).then(|| SecretBytes::new(&apdu.data)),
                 }
             }
-            (true, 0xE6) => {
+            // ISO 7816-9 (CLA 00/04) and the PBOC MACed form (CLA 84).
+            (_, 0xE6) => {
                 no_args(p1, p2)?;
                 Command::TerminateDf
             }
-            (true, 0xFE) => {
+            (_, 0xFE) => {
                 no_args(p1, p2)?;
                 Command::TerminateCard
             }
@@ -502,12 +519,12 @@ impl TryFrom<&Apdu> for Command {
                         return Err(StatusWord::WRONG_DATA);
                     }
                     Command::ChangePin {
-                        old: old.to_vec(),
-                        new: new.to_vec(),
+                        old: SecretBytes::new(old),
+                        new: SecretBytes::new(new),
                     }
                 }
                 (0x00, 0x00) => Command::ReloadPin {
-                    new: need_data(apdu)?.to_vec(),
+                    new: SecretBytes::new(need_data(apdu)?),
                 },
                 _ => return Err(StatusWord::INCORRECT_P1P2),
             },

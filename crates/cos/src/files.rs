@@ -332,6 +332,7 @@ impl<E: Eeprom, R: RandomSource> Card<E, R> {
         }
         let n = match record {
             RecordRef::Number(n) => n,
+            RecordRef::Current => self.v.record_ptr.ok_or(StatusWord::RECORD_NOT_FOUND)?,
             RecordRef::First => 1,
             RecordRef::Last => present,
             RecordRef::Next => self.v.record_ptr.map_or(1, |p| p.saturating_add(1)),

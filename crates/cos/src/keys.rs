@@ -304,10 +304,4 @@ impl KeyFile {
     ) -> CardResult<()> {
         nv(nvm.write(self.record_addr(key.record) + 9, &[tries_left]))
     }
-
-    /// Stages the erasure of every key value in this file (self-destruct): the records keep
-    /// their references but every value byte becomes zero and the key is blocked.
-    pub fn erase_all<E: Eeprom>(&self, nvm: &mut Nvm<E>) -> CardResult<()> {
-        nv(nvm.write(self.fcb.body as usize, &vec![0u8; self.fcb.size as usize]))
-    }
 }

@@ -143,12 +143,16 @@ impl<E: Eeprom, R: RandomSource> Card<E, R> {
     }
 
     /// Verifies the secure-messaging MAC of `apdu` with `key` and returns the payload (the data
-    /// without its MAC). A bad MAC costs the key a try and counts against the card.
+    /// without its MAC). Under the anti-tearing rule of [`Self::try_secret`]: the key's try is
+    /// committed before the comparison and given back after a good MAC, so only consecutive bad
+    /// MACs lock a key; every bad MAC also counts against the card. A bad MAC answers 6988
+    /// (6983 once the key is blocked). Must run before the command stages anything.
     pub(crate) fn verify_command_mac(
         &mut self,
         apdu: &Apdu,
         key: &KeyRecord,
     ) -> CardResult<Vec<u8>> {
+        debug_assert!(!self.nvm.has_staged(), "MAC check after staged writes");
         let challenge = self
             .v
             .challenge
@@ -167,16 +171,21 @@ impl<E: Eeprom, R: RandomSource> Card<E, R> {
             input.extend_from_slice(&[0, (apdu.data.len() >> 8) as u8, apdu.data.len() as u8]);
         }
         input.extend_from_slice(payload);
-        let expected = sm_mac(key.alg, &*key.key16()?, &challenge, &input)?;
-        if ct_eq(&expected, mac) {
-            return Ok(payload.to_vec());
-        }
         let kf = self.owner_of(key, self.v.current_df)?;
-        if key.max_tries > 0 {
-            kf.set_tries(&mut self.nvm, key, key.tries_left.saturating_sub(1))?;
+        let result = self.try_secret(&kf, key, |k| {
+            let expected = sm_mac(k.alg, &*k.key16()?, &challenge, &input)?;
+            Ok(ct_eq(&expected, mac))
+        });
+        match result {
+            Ok(()) => Ok(payload.to_vec()),
+            Err(StatusWord::AUTH_METHOD_BLOCKED) => Err(StatusWord::AUTH_METHOD_BLOCKED),
+            Err(sw)
+                if sw.tries_left().is_some() || sw == StatusWord::SECURITY_STATUS_NOT_SATISFIED =>
+            {
+                Err(StatusWord::SM_DATA_INCORRECT)
+            }
+            Err(sw) => Err(sw),
         }
-        self.record_failure()?;
-        Err(StatusWord::SM_DATA_INCORRECT)
     }
 
     /// Counts one failed authentication against the card and commits it (even though the
@@ -185,30 +194,48 @@ impl<E: Eeprom, R: RandomSource> Card<E, R> {
         let n = self.header.attack_counter.saturating_add(1);
         Header::set_attack_counter(&mut self.nvm, n)?;
         self.header.attack_counter = n;
-        let destroy = self.header.attack_threshold > 0 && n >= self.header.attack_threshold;
-        if destroy {
-            self.erase_secrets()?;
+        if self.header.attack_threshold > 0 && n >= self.header.attack_threshold {
+            return self.self_destruct();
         }
-        self.commit()?;
-        if destroy {
-            nv(self.nvm.scrub_journal())?;
-        }
-        Ok(())
+        self.commit()
     }
 
-    /// Stages the self-destruct: every key file's contents zeroed, card TERMINATED.
-    pub(crate) fn erase_secrets(&mut self) -> CardResult<()> {
-        for f in self.table.all(&self.nvm)? {
-            if f.kind == crate::fs::FileKind::KeyFile {
-                KeyFile::of(&self.table, &self.nvm, f.parent)?
-                    .ok_or(StatusWord::MEMORY_FAILURE)?
-                    .erase_all(&mut self.nvm)?;
-            }
-        }
+    /// Terminates the card and erases its secrets, committing on the way: first the
+    /// TERMINATED state (with whatever is staged), so no further command can use a key, then
+    /// the key files zeroed in journal-sized steps, then the journal's history scrubbed. A power
+    /// cut anywhere after the first commit is finished by [`Self::finish_self_destruct`] at
+    /// power-up.
+    pub(crate) fn self_destruct(&mut self) -> CardResult<()> {
         Header::set_state(&mut self.nvm, CardState::Terminated)?;
         self.header.state = CardState::Terminated;
         self.v.security.clear();
-        Ok(())
+        self.v.challenge = None;
+        self.commit()?;
+        self.finish_self_destruct()
+    }
+
+    /// Zeroes every key file still holding a byte, then scrubs the journal. Free when done.
+    pub(crate) fn finish_self_destruct(&mut self) -> CardResult<()> {
+        const STEP: usize = 512;
+        for f in self.table.all(&self.nvm)? {
+            if f.kind != crate::fs::FileKind::KeyFile {
+                continue;
+            }
+            let (base, len) = (f.body as usize, f.size as usize);
+            let mut off = 0;
+            while off < len {
+                let n = STEP.min(len - off);
+                if nv(self.nvm.read_vec(base + off, n))?
+                    .iter()
+                    .any(|&b| b != 0)
+                {
+                    nv(self.nvm.write(base + off, &vec![0u8; n]))?;
+                    self.commit()?;
+                }
+                off += n;
+            }
+        }
+        nv(self.nvm.scrub_journal())
     }
 
     /// Runs a secret comparison under the anti-tearing rule. `check` returns whether the

@@ -195,6 +195,58 @@ pub fn alg_byte(a: PurseAlg) -> u8 {
     }
 }
 
+/// Which part of the card a key belongs to. Keys of different domains are diversified from
+/// different data (D XOR a domain constant), so no key of one application or of the card
+/// level opens another, even where the development set has one master for several roles.
+/// The purse keeps the PBOC diversification (D itself): terminals and PSAMs derive its keys
+/// from D alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Domain {
+    /// The MF: card master key and card-level maintenance key.
+    Card,
+    /// The electronic purse (PBOC: plain D).
+    Purse,
+    /// The access-control application.
+    Access,
+    /// The access terminals' authentication key.
+    AccessTerminal,
+}
+
+impl Domain {
+    /// The 8-byte constant XORed into D ("MF", 0, "AC", "AT" in the first two bytes).
+    pub fn constant(self) -> [u8; 8] {
+        let tag: [u8; 2] = match self {
+            Domain::Card => *b"MF",
+            Domain::Purse => [0, 0],
+            Domain::Access => *b"AC",
+            Domain::AccessTerminal => *b"AT",
+        };
+        [tag[0], tag[1], 0, 0, 0, 0, 0, 0]
+    }
+
+    /// The diversification data of this domain for card data D.
+    pub fn data(self, d: &[u8; 8]) -> [u8; 8] {
+        let c = self.constant();
+        std::array::from_fn(|i| d[i] ^ c[i])
+    }
+}
+
+/// A card key of a domain, diversified from a development master key.
+pub fn domain_key(
+    master: &devkeys::DevKey,
+    a: PurseAlg,
+    d: &[u8; 8],
+    domain: Domain,
+) -> Zeroizing<[u8; 16]> {
+    card_key(master, a, &domain.data(d))
+}
+
+/// The card-level maintenance key: MACs updates of the MF's files (EF.ICC, a PSAM's terminal
+/// id), so that bad MACs there can never wear out the card master key.
+pub fn mf_maintenance_key(d: &[u8; 8]) -> Zeroizing<[u8; 16]> {
+    domain_key(&devkeys::MAMK, PurseAlg::TripleDes, d, Domain::Card)
+}
+
 /// A card key diversified from a development master key.
 pub fn card_key(master: &devkeys::DevKey, a: PurseAlg, d: &[u8; 8]) -> Zeroizing<[u8; 16]> {
     let k = iccard_crypto::diversify(a, &master.value(), d);
@@ -224,13 +276,19 @@ pub fn take_ownership<C: CardChannel>(
     let transport = crate::manufacture::transport_key(&devkeys::TRANSPORT.value(), chip_serial);
     admin.external_authenticate(0, alg::TDES, &transport)?;
     // The card master key is always 3DES: it protects the card, not an application generation.
-    let cmk = card_key(&devkeys::MCMK, PurseAlg::TripleDes, d);
+    let cmk = domain_key(&devkeys::MCMK, PurseAlg::TripleDes, d, Domain::Card);
     admin.write_key(
         alg::TDES,
         &transport,
         &key(KeyType::Master, 0, alg::TDES, &cmk[..], MF_ADMIN_STATE, 15),
     )?;
     admin.external_authenticate(0, alg::TDES, &cmk)?;
+    let maintenance = mf_maintenance_key(d);
+    admin.write_key(
+        alg::TDES,
+        &cmk,
+        &key(KeyType::Maintenance, 0, alg::TDES, &maintenance[..], 0, 15),
+    )?;
     Ok(cmk)
 }
 
@@ -258,7 +316,6 @@ pub fn chip_serial<C: CardChannel>(admin: &mut Admin<C>) -> Result<[u8; 8], Scri
 /// Creates the card-level files under the MF (authenticated with the card master key).
 fn card_level_files<C: CardChannel>(
     admin: &mut Admin<C>,
-    cmk: &[u8; 16],
     serial: &[u8; 10],
     applications: &[(&[u8], &str)],
 ) -> Result<(), ScriptError> {
@@ -294,7 +351,7 @@ fn card_level_files<C: CardChannel>(
         "UPDATE BINARY EF.ICC",
         &Apdu::new(0x00, 0xD6, 0x85, 0x00).with_data(serial.to_vec()),
         alg::TDES,
-        cmk,
+        &mf_maintenance_key(&CardNumber::diversifier(serial)),
     )?;
     Ok(())
 }
@@ -320,17 +377,17 @@ fn access_application<C: CardChannel>(
         ),
     )?;
     admin.create(&FileSpec::key_file(8))?;
-    let cmk = card_key(&devkeys::MCMK, PurseAlg::TripleDes, d);
-    let app_master = card_key(&devkeys::MCMK, p.alg, d);
+    let cmk = domain_key(&devkeys::MCMK, PurseAlg::TripleDes, d, Domain::Card);
+    let app_master = domain_key(&devkeys::MCMK, p.alg, d, Domain::Access);
     admin.write_key(
         alg::TDES,
         &cmk,
         &key(KeyType::Master, 0, a, &app_master[..], APP_ADMIN_STATE, 15),
     )?;
-    let maintenance = card_key(&devkeys::MAMK, p.alg, d);
+    let maintenance = domain_key(&devkeys::MAMK, p.alg, d, Domain::Access);
     let terminal = terminal_key(p.alg, d);
-    let unblock = card_key(&devkeys::MPUK, p.alg, d);
-    let reload = card_key(&devkeys::MRPK, p.alg, d);
+    let unblock = domain_key(&devkeys::MPUK, p.alg, d, Domain::Access);
+    let reload = domain_key(&devkeys::MRPK, p.alg, d, Domain::Access);
     for k in [
         key(KeyType::Maintenance, 0, a, &maintenance[..], 0, 15),
         key(
@@ -409,8 +466,8 @@ fn purse_application<C: CardChannel>(
         admin_state,
     ))?;
     admin.create(&FileSpec::key_file(10))?;
-    let cmk = card_key(&devkeys::MCMK, PurseAlg::TripleDes, d);
-    let app_master = card_key(&devkeys::MCMK, p.alg, d);
+    let cmk = domain_key(&devkeys::MCMK, PurseAlg::TripleDes, d, Domain::Card);
+    let app_master = domain_key(&devkeys::MCMK, p.alg, d, Domain::Purse);
     admin.write_key(
         alg::TDES,
         &cmk,
@@ -488,11 +545,10 @@ fn purse_application<C: CardChannel>(
     Ok(())
 }
 
-/// The access terminals' authentication key of a card: diversified from MAMK by NOT D, so it
-/// differs from the maintenance key diversified from the same master by D.
+/// The access terminals' authentication key of a card: MAMK in its own domain, so it is neither
+/// the access application's nor the purse's maintenance key.
 pub fn terminal_key(a: PurseAlg, d: &[u8; 8]) -> Zeroizing<[u8; 16]> {
-    let not_d = d.map(|b| !b);
-    card_key(&devkeys::MAMK, a, &not_d)
+    domain_key(&devkeys::MAMK, a, d, Domain::AccessTerminal)
 }
 
 /// Personalizes a blank card with the development key set: MF, card-level files, the
@@ -507,7 +563,6 @@ pub fn personalize<C: CardChannel>(channel: C, p: &Personalization) -> Result<C,
     let cmk = take_ownership(&mut admin, &chip, &d)?;
     card_level_files(
         &mut admin,
-        &cmk,
         &serial,
         &[(PURSE_AID, "PURSE"), (ACCESS_AID, "ACCESS")],
     )?;

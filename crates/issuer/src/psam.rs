@@ -89,7 +89,7 @@ pub fn personalize<C: CardChannel>(channel: C, p: &PsamPersonalization) -> Resul
         "UPDATE BINARY terminal id",
         &Apdu::new(0x00, 0xD6, 0x80 | SFI_TERMINAL_ID, 0x00).with_data(p.terminal_id.to_vec()),
         alg::TDES,
-        &cmk,
+        &crate::personalize::mf_maintenance_key(&chip),
     )?;
 
     // The PSAM ADF, created and keyed under the card master key until its own master exists.

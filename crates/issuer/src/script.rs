@@ -64,7 +64,10 @@ impl<C: CardChannel> Admin<C> {
             step: step.into(),
             len: raw.len(),
         })?;
-        while resp.sw.sw1() == 0x61 {
+        // Bounded: a card that keeps answering 61xx gets at most 64 GET RESPONSEs.
+        let mut rounds = 0;
+        while resp.sw.sw1() == 0x61 && rounds < 64 {
+            rounds += 1;
             let more_raw = self.channel.transmit(
                 &Apdu::new(0x00, 0xC0, 0, 0)
                     .with_ne(resp.sw.sw2().into())

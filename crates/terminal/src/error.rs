@@ -112,6 +112,17 @@ pub enum TerminalError {
     /// The host keys failed.
     #[error(transparent)]
     HostKeys(#[from] HostKeyError),
+    /// The card announced data (`61xx`: the command completed) but fetching it with GET
+    /// RESPONSE failed: the command ran and its answer is lost.
+    #[error("{device} completed {step} but its answer could not be fetched (GET RESPONSE answered {sw})")]
+    IncompleteAnswer {
+        /// Card or PSAM.
+        device: Device,
+        /// What was being done.
+        step: &'static str,
+        /// What GET RESPONSE answered.
+        sw: StatusWord,
+    },
     /// The answer to the completing command (CREDIT FOR LOAD, DEBIT FOR PURCHASE) was lost: the
     /// card may or may not have executed it. The pending record is saved; recovery decides.
     #[error("the answer to {step} was lost ({cause}); the transaction is pending: present the same card again to finish it")]

@@ -49,6 +49,16 @@ pub(crate) fn exchange<C: CardChannel + ?Sized>(
         resp.data.extend_from_slice(&more.data);
         resp.sw = more.sw;
     }
+    // 61xx says the command itself completed: a GET RESPONSE that then fails (or never ends)
+    // lost the answer of a command that ran. It must not read as a refusal, which would tell
+    // the purse flows that no money moved.
+    if rounds > 0 && !matches!(resp.sw.sw1(), 0x90 | 0x62 | 0x63) {
+        return Err(TerminalError::IncompleteAnswer {
+            device,
+            step,
+            sw: resp.sw,
+        });
+    }
     Ok(resp)
 }
 

@@ -43,8 +43,9 @@ pub const TERMINAL_ID_LEN: usize = 6;
 pub const MAC1_DATA_ONE_LEVEL: usize = 0x1C;
 /// MAC1 command data with two levels (card data, then the issuer factor applied first).
 pub const MAC1_DATA_TWO_LEVELS: usize = 0x24;
-/// Transaction types a PSAM computes MAC1 for: purchase (06) and compound purchase (09).
-pub const PURCHASE_TYPES: [u8; 2] = [0x06, 0x09];
+/// Transaction types a PSAM computes MAC1 for: passbook purchase (05), purse purchase (06)
+/// and compound purchase (09).
+pub const PURCHASE_TYPES: [u8; 3] = [0x05, 0x06, 0x09];
 /// Length of the terminal transaction serial record.
 const SERIAL_LEN: u16 = 4;
 

@@ -863,13 +863,12 @@ impl<E: Eeprom, R: RandomSource> Card<E, R> {
         if t.amount > settings.purchase_limit {
             return Err(StatusWord::CONDITIONS_NOT_SATISFIED);
         }
-        // The day's offline total restarts whenever the terminal date differs from the one
-        // it was counted on.
-        let day_total = if ctx.state.offline_date == date {
-            ctx.state.offline_total
-        } else {
-            0
-        };
+        // The day's offline total restarts only when the terminal date is later than the day
+        // it was counted on (BCD YYYYMMDD compares like the date). A purchase dated earlier
+        // counts against the latest day: a terminal whose clock moves back and forth cannot
+        // earn a fresh limit with every purchase.
+        let later = date > &ctx.state.offline_date[..];
+        let day_total = if later { 0 } else { ctx.state.offline_total };
         let day_total = day_total
             .checked_add(t.amount)
             .filter(|total| *total <= settings.daily_limit)
@@ -890,7 +889,9 @@ impl<E: Eeprom, R: RandomSource> Card<E, R> {
         b.balance = new_balance;
         b.offline_serial = t.serial + 1;
         state.mac_failures = 0;
-        state.offline_date.copy_from_slice(date);
+        if later {
+            state.offline_date.copy_from_slice(date);
+        }
         state.offline_total = day_total;
         state.offline_proof = Proof {
             tx_type,

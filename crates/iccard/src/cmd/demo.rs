@@ -164,7 +164,12 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         StatusWord::OK,
     )?;
 
-    let maintenance = personalize::card_key(&iccard_issuer::devkeys::MAMK, alg, &d);
+    let maintenance = personalize::domain_key(
+        &iccard_issuer::devkeys::MAMK,
+        alg,
+        &d,
+        personalize::Domain::Access,
+    );
     let name = b"ZHANG SAN".to_vec();
     let upd = Apdu::new(0x00, 0xD6, 0x82, 0x00).with_data(name);
     let r = s.admin.send_mac(
