@@ -116,8 +116,13 @@ impl<E: Eeprom, R: RandomSource> Card<E, R> {
     pub fn power_on(eeprom: E, rng: R) -> Result<Self, CardError> {
         let nvm = Nvm::mount(eeprom)?;
         let header = Header::read(&nvm).map_err(CardError::Layout)?;
+        let erasing = Header::erasing(&nvm).map_err(CardError::Layout)?;
         let table = FileTable::new(&header, nvm.user_len());
         let mut card = Self::with(nvm, rng, table, header);
+        if let Some(df) = erasing {
+            // An ERASE DF was cut between its mark and its last commit: finish it.
+            card.sweep_erase(df).map_err(CardError::Layout)?;
+        }
         if card.header.state == CardState::Terminated {
             // A power cut during a self-destruct leaves keys or journal copies of them behind:
             // finish it (nothing is written once it is done).
