@@ -3,9 +3,11 @@
 //! (header, every file control block, every file body: keys, PINs, retry counters, records)
 //! must be the state before the interrupted command or the state after it, never a mixture.
 //!
-//! One intermediate state is legitimate and counted apart: an authentication (PIN, EXTERNAL
-//! AUTHENTICATE) spends its try and commits that *before* comparing, so a cut during the
-//! comparison leaves "before, with one try spent", as a failed attempt would.
+//! Two intermediate states are legitimate and counted apart, both from the anti-tearing rule
+//! of `docs/COS.md` (a secret comparison commits the spent try *before* comparing and gives it
+//! back after a success): "before, with one try spent" (a cut during the comparison, as a
+//! failed attempt would leave it) and "before, with one retry counter given back" (a cut after
+//! a good PIN, cryptogram or MAC, before the command's own writes).
 
 use crate::transcript::{Runner, Step, Transcript};
 use iccard_cos::fs::{Fcb, FileKind, Header};
@@ -42,35 +44,91 @@ pub fn snapshot<E: Eeprom, R: RandomSource>(card: &Card<E, R>) -> Snapshot {
     }
 }
 
-/// Whether `now` is `before` with exactly one key's retry counter lowered by one.
-pub fn one_try_spent(before: &Snapshot, now: &Snapshot) -> bool {
+/// How a retry counter moved between two snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CounterMove {
+    /// Lowered by one: a try spent.
+    Spent,
+    /// Back to its limit: a try given back after a success.
+    GivenBack,
+}
+
+/// If `now` is `before` with exactly one key record's tries-left byte changed, and changed
+/// by the anti-tearing rule (one less, or back to the key's limit), how it moved.
+pub fn one_counter_moved(before: &Snapshot, now: &Snapshot) -> Option<CounterMove> {
     if before.header != now.header || before.files.len() != now.files.len() {
-        return false;
+        return None;
     }
-    let mut spent = 0;
+    let mut moved = None;
     for ((fa, ba), (fb, bb)) in before.files.iter().zip(&now.files) {
         if fa != fb {
-            return false;
+            return None;
         }
         if ba == bb {
             continue;
         }
         if fa.kind != FileKind::KeyFile {
-            return false;
+            return None;
         }
         for (ra, rb) in ba.chunks(KEY_RECORD_LEN).zip(bb.chunks(KEY_RECORD_LEN)) {
             if ra == rb {
                 continue;
             }
-            // Byte 9 of a key record is tries_left.
+            // Byte 8 of a key record is max_tries, byte 9 tries_left.
             let only_tries = (0..KEY_RECORD_LEN).all(|i| i == 9 || ra[i] == rb[i]);
-            if !only_tries || rb[9].checked_add(1) != Some(ra[9]) {
-                return false;
+            let how = if !only_tries {
+                return None;
+            } else if rb[9].checked_add(1) == Some(ra[9]) {
+                CounterMove::Spent
+            } else if rb[9] == rb[8] {
+                CounterMove::GivenBack
+            } else {
+                return None;
+            };
+            if moved.replace(how).is_some() {
+                return None;
             }
-            spent += 1;
         }
     }
-    spent == 1
+    moved
+}
+
+/// What differs between two snapshots, one line per header field or file.
+pub fn diff(a: &Snapshot, b: &Snapshot) -> String {
+    let mut out = String::new();
+    if a.header != b.header {
+        out += &format!("  header {:?} -> {:?}\n", a.header, b.header);
+    }
+    let files = |s: &Snapshot| -> Vec<u8> { s.files.iter().map(|(f, _)| f.index).collect() };
+    let mut slots = files(a);
+    slots.extend(files(b));
+    slots.sort_unstable();
+    slots.dedup();
+    for slot in slots {
+        let find = |s: &Snapshot| s.files.iter().find(|(f, _)| f.index == slot).cloned();
+        match (find(a), find(b)) {
+            (Some((fa, ba)), Some((fb, bb))) => {
+                if fa != fb {
+                    out += &format!("  slot {slot} FCB {fa:?} -> {fb:?}\n");
+                }
+                let at: Vec<usize> = (0..ba.len().max(bb.len()))
+                    .filter(|&i| ba.get(i) != bb.get(i))
+                    .collect();
+                if !at.is_empty() {
+                    out += &format!(
+                        "  slot {slot} (FID {:04X}) body differs at {} bytes, first {:?}\n",
+                        fa.fid,
+                        at.len(),
+                        &at[..at.len().min(8)]
+                    );
+                }
+            }
+            (Some((f, _)), None) => out += &format!("  slot {slot} (FID {:04X}) gone\n", f.fid),
+            (None, Some((f, _))) => out += &format!("  slot {slot} (FID {:04X}) new\n", f.fid),
+            (None, None) => {}
+        }
+    }
+    out
 }
 
 /// An EEPROM that records the length of every write (to choose torn-byte offsets).
@@ -124,6 +182,8 @@ pub struct TearReport {
     pub after: usize,
     /// Power-ups that found "before, one try spent".
     pub try_spent: usize,
+    /// Power-ups that found "before, one retry counter given back".
+    pub given_back: usize,
 }
 
 /// Runs `script` once to record the snapshots between steps and the writes, then cuts the
@@ -169,14 +229,20 @@ pub fn tear_script(script: &Transcript) -> TearReport {
                 report.before += 1;
             } else if &now == after {
                 report.after += 1;
-            } else if one_try_spent(before, &now) {
-                report.try_spent += 1;
+            } else if let Some(how) = one_counter_moved(before, &now) {
+                match how {
+                    CounterMove::Spent => report.try_spent += 1,
+                    CounterMove::GivenBack => report.given_back += 1,
+                }
             } else {
                 panic!(
                     "{}:{}: cut at write {k} byte {torn}: the card powered up in a state \
-                     that is neither before nor after the command\nbefore {before:?}\n\
-                     after  {after:?}\nnow    {now:?}",
-                    script.name, script.steps[cut_step].line
+                     that is neither before nor after the command\n\
+                     differences from before:\n{}differences from after:\n{}",
+                    script.name,
+                    script.steps[cut_step].line,
+                    diff(before, &now),
+                    diff(after, &now)
                 );
             }
             // A second power-up finds nothing more to repair.
@@ -203,8 +269,8 @@ fn run_until_power_loss(runner: &mut Runner<FaultyEeprom>, steps: &[Step]) -> Op
 fn report(name: &str, r: &TearReport) {
     println!(
         "tear {name}: {} writes, {} cut points: {} powered up before the command, {} after, \
-         {} before with a try spent",
-        r.writes, r.cuts, r.before, r.after, r.try_spent
+         {} before with a try spent, {} before with a try given back",
+        r.writes, r.cuts, r.before, r.after, r.try_spent, r.given_back
     );
 }
 
@@ -214,7 +280,7 @@ fn tear_a_run_of_updates_at_every_write() {
     report("updates.apdu", &r);
     assert!(r.writes > 50, "the run writes: {r:?}");
     assert!(r.before > 0 && r.after > 0 && r.try_spent > 0, "{r:?}");
-    assert_eq!(r.cuts, r.before + r.after + r.try_spent);
+    assert_eq!(r.cuts, r.before + r.after + r.try_spent + r.given_back);
 }
 
 #[test]
@@ -222,7 +288,7 @@ fn tear_a_personalization_at_every_write() {
     let r = tear_script(&Transcript::load("perso.apdu"));
     report("perso.apdu", &r);
     assert!(r.writes > 30, "the personalization writes: {r:?}");
-    assert_eq!(r.cuts, r.before + r.after + r.try_spent);
+    assert_eq!(r.cuts, r.before + r.after + r.try_spent + r.given_back);
 }
 
 #[test]
@@ -230,30 +296,47 @@ fn tear_an_erase_df_of_the_whole_card_at_every_write() {
     let r = tear_script(&Transcript::load("erase.apdu"));
     report("erase.apdu", &r);
     assert!(r.after > 0, "{r:?}");
-    assert_eq!(r.cuts, r.before + r.after + r.try_spent);
+    assert_eq!(r.cuts, r.before + r.after + r.try_spent + r.given_back);
 }
 
 #[test]
-fn the_try_spent_rule_is_exact() {
+fn the_counter_rules_are_exact() {
     let card = iccard_cos::fuzzing::personalized_card(1);
     let before = snapshot(&card);
     let mut now = before.clone();
-    assert!(
-        !one_try_spent(&before, &now),
-        "no change is not a spent try"
-    );
+    assert_eq!(one_counter_moved(&before, &now), None, "no change");
     let kf = now
         .files
         .iter()
         .position(|(f, _)| f.kind == FileKind::KeyFile)
         .unwrap();
-    now.files[kf].1[9] -= 1;
-    assert!(one_try_spent(&before, &now));
-    now.files[kf].1[9] -= 1;
-    assert!(!one_try_spent(&before, &now), "two tries");
-    now.files[kf].1[9] += 2;
+    // Record 1 of the MF key file: the card master key, 15 of 15 tries.
+    assert_eq!(&now.files[kf].1[8..10], &[15, 15]);
+    now.files[kf].1[9] = 14;
+    assert_eq!(one_counter_moved(&before, &now), Some(CounterMove::Spent));
+    assert_eq!(
+        one_counter_moved(&now, &before),
+        Some(CounterMove::GivenBack)
+    );
+    now.files[kf].1[9] = 13;
+    assert_eq!(one_counter_moved(&before, &now), None, "two tries");
+    now.files[kf].1[9] = 14;
+    now.files[kf].1[32 + 9] -= 1;
+    assert_eq!(one_counter_moved(&before, &now), None, "two keys");
+    now.files[kf].1[32 + 9] += 1;
     now.files[kf].1[12] ^= 1;
-    assert!(!one_try_spent(&before, &now), "a key value changed");
+    assert_eq!(
+        one_counter_moved(&before, &now),
+        None,
+        "a key value changed"
+    );
+    let mut other = before.clone();
+    other.header.attack_counter += 1;
+    assert_eq!(
+        one_counter_moved(&before, &other),
+        None,
+        "the header changed"
+    );
     assert_eq!(torn_offsets(1), vec![0, 1]);
     assert_eq!(
         torn_offsets(64),

@@ -2,6 +2,7 @@
 
 mod brute;
 mod endurance;
+mod figures;
 mod nvm;
 mod props;
 mod psam;
