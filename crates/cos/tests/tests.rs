@@ -3,6 +3,7 @@
 mod brute;
 mod endurance;
 mod figures;
+mod golden;
 mod nvm;
 mod props;
 mod psam;
