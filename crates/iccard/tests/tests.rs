@@ -1,5 +1,6 @@
 //! The one integration-test binary of the iccard command line.
 
+mod cli_card;
 mod cli_crypto;
 mod cli_terminal;
 mod pcsc_clients;
