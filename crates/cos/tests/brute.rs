@@ -67,7 +67,8 @@ fn card_state<E: Eeprom, R: RandomSource>(card: &mut Card<E, R>) -> (u8, u8) {
     (d[3], d[4])
 }
 
-/// Every place in `bytes` where a key the reference card was given appears.
+/// Every place in `bytes` where a key the reference card was given appears, or its PIN record
+/// (`used type index version alg use change grants max tries len rfu value`, any tries).
 fn secrets_in(bytes: &[u8]) -> Vec<(String, usize)> {
     let mut found = Vec::new();
     for key in keys::ALL.iter().chain([&keys::TRANSPORT]) {
@@ -75,6 +76,18 @@ fn secrets_in(bytes: &[u8]) -> Vec<(String, usize)> {
             if w == key {
                 found.push((String::from_utf8_lossy(key).into_owned(), at));
             }
+        }
+    }
+    let pin_record = [
+        1, 0x3A, 0, 1, 0, 0xF0, 0xF0, 1, 3, 0xFF, 3, 0, 0x12, 0x34, 0x56,
+    ];
+    for (at, w) in bytes.windows(pin_record.len()).enumerate() {
+        if w.iter()
+            .zip(&pin_record)
+            .enumerate()
+            .all(|(i, (b, p))| i == 9 || b == p)
+        {
+            found.push(("PIN record".into(), at));
         }
     }
     found
@@ -223,6 +236,10 @@ fn past_the_threshold_the_card_destroys_its_secrets() {
         let name = String::from_utf8_lossy(&key).into_owned();
         assert!(found.iter().any(|(n, _)| *n == name), "{name} not found");
     }
+    assert!(
+        found.iter().any(|(n, _)| n == "PIN record"),
+        "the PIN not found"
+    );
     for i in 0..threshold as usize - 1 {
         let s = fail_once(&mut card, i);
         assert!(s != 0x9000, "attempt {i} answered {s:04X}");
