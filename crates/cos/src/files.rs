@@ -89,7 +89,9 @@ impl<E: Eeprom, R: RandomSource> Card<E, R> {
         } else {
             StatusWord::OK
         };
+        // 9303 is an error: it comes without data (the warnings 6283 and 6285 keep theirs).
         let data = match answer {
+            _ if sw == StatusWord::APPLICATION_LOCKED_PERMANENTLY => Vec::new(),
             SelectAnswer::Nothing => Vec::new(),
             SelectAnswer::Fcp => self.fcp(&target)?,
             SelectAnswer::Fci => self.fci(&target)?,
