@@ -1444,11 +1444,14 @@ fn visible(eeprom: SimEeprom) -> (Visible, Card<SimEeprom, SeededRandom>) {
     (v, card)
 }
 
+/// A purse transaction run on a card with a fault-injecting EEPROM; the error is the status word.
+type TornTransaction<'a> = dyn Fn(&mut Card<FaultyEeprom, SeededRandom>) -> Result<(), u16> + 'a;
+
 /// Runs `tx` on a copy of `before` with the power cut at every write (several tear lengths)
 /// and checks that each power-up shows the purse all before or all after.
 fn tear_everywhere(
     before: &SimEeprom,
-    tx: &dyn Fn(&mut Card<FaultyEeprom, SeededRandom>) -> Result<(), u16>,
+    tx: &TornTransaction<'_>,
     check_after: &dyn Fn(&Visible, &mut Card<SimEeprom, SeededRandom>),
 ) {
     let (v_before, _) = visible(before.clone());
