@@ -4,6 +4,9 @@
 //! on which machine ([`machines`]), what every card is worth ([`ledger`] shadow accounts), where
 //! the money is (the double-entry [`ledger`]), and a tamper-evident record of everything that
 //! was done ([`audit`]). [`Office`] is the façade every caller (CLI, console, settlement) uses.
+//! The issuer's purse keys sit behind [`keystore::Keystore`]: an encrypted local keystore file
+//! with key versions and a key ceremony log, or the development key set (development mode
+//! only); both compute MAC1/MAC2/TAC checks without ever handing out a master key.
 //!
 //! ## Storage: one code path, two databases
 //!
@@ -54,9 +57,8 @@
 //!
 //! ## Not done yet (next slices)
 //!
-//! - The keystore trait (local encrypted file, PKCS#11 via `cryptoki` on SoftHSM2), key
-//!   versions and the key ceremony log; MAC1/MAC2/TAC verification in loads and settlement;
-//!   the `--dev-keys` refusal in production (the [`office::Mode`] is already stored).
+//! - The keystore over PKCS#11 (`cryptoki` on SoftHSM2); MAC1/MAC2/TAC verification in
+//!   loads and settlement; the `--dev-keys` option wired to [`keystore::DevKeystore::new`].
 //! - The `iccard office init|operator|machine|key|check|audit` command line with `--json`
 //!   (every report type here already derives `Serialize`).
 //! - Settlement proper (TAC verification, counter-gap detection, cases), refunds, loss lists.
@@ -65,6 +67,7 @@
 pub mod audit;
 pub mod check;
 pub mod error;
+pub mod keystore;
 pub mod ledger;
 pub mod machines;
 pub mod office;

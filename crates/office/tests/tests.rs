@@ -5,4 +5,5 @@
 
 mod concurrency;
 mod conformance;
+mod keystore;
 mod support;
