@@ -475,9 +475,8 @@ fn check_operator(operator: &str) -> KsResult<()> {
 // ---------------------------------------------------------------------------------------------
 // DevKeystore
 
-/// The published development key set (values as in `crates/issuer/src/devkeys.rs` and
-/// `docs/KEYS.md`), version 1, active, usable with both generations. Constructible only in
-/// development mode.
+/// The published development key set (`iccard_issuer::devkeys`, `docs/KEYS.md`), version 1,
+/// active, usable with both generations. Constructible only in development mode.
 pub struct DevKeystore {
     keys: Vec<(&'static str, Zeroizing<[u8; 16]>)>,
 }
@@ -491,30 +490,6 @@ impl fmt::Debug for DevKeystore {
 /// The development key version.
 pub const DEV_KEY_VERSION: u8 = 1;
 
-const fn seq(start: u8) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    let mut i = 0;
-    while i < 16 {
-        k[i] = start + i as u8;
-        i += 1;
-    }
-    k
-}
-
-/// The development set, names and first bytes as published in `docs/KEYS.md` (each key is 16
-/// consecutive byte values): MCMK 61…70, MAMK 31…40, MPK 01…10, MLK 11…20, MTK 21…30, MPUK
-/// 41…50, MRPK 51…60, TRANSPORT 71…80.
-const DEV_SET: [(&str, u8); 8] = [
-    ("MCMK", 0x61),
-    ("MAMK", 0x31),
-    ("MPK", 0x01),
-    ("MLK", 0x11),
-    ("MTK", 0x21),
-    ("MPUK", 0x41),
-    ("MRPK", 0x51),
-    ("TRANSPORT", 0x71),
-];
-
 impl DevKeystore {
     /// The development key set, if `mode` is [`Mode::Development`].
     ///
@@ -524,9 +499,9 @@ impl DevKeystore {
         match mode {
             Mode::Production => Err(KeystoreError::DevKeysInProduction),
             Mode::Development => Ok(Self {
-                keys: DEV_SET
+                keys: iccard_issuer::devkeys::ALL
                     .iter()
-                    .map(|(n, start)| (*n, Zeroizing::new(seq(*start))))
+                    .map(|k| (k.name, k.value()))
                     .collect(),
             }),
         }
