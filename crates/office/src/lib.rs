@@ -70,8 +70,11 @@ pub mod error;
 pub mod keystore;
 pub mod ledger;
 pub mod machines;
+pub mod manufacture;
 pub mod office;
 pub mod operators;
+pub mod pkcs11;
+pub mod products;
 pub mod store;
 
 pub use error::{OfficeError, Result};

@@ -387,7 +387,12 @@ impl Office {
 
     /// Starts an operation: write lock, operator and machine re-read, role check (a refusal is
     /// committed as a `denied` audit record). Returns the transaction and the operation's time.
-    async fn begin(&self, s: &Session, action: Action, subject: &str) -> Result<(Tx, i64)> {
+    pub(crate) async fn begin(
+        &self,
+        s: &Session,
+        action: Action,
+        subject: &str,
+    ) -> Result<(Tx, i64)> {
         let at = (self.clock)();
         let mut tx = self.store.write().await?;
         let row: Option<(String, String)> = tx
@@ -442,7 +447,7 @@ impl Office {
         Ok((tx, at))
     }
 
-    fn draft(
+    pub(crate) fn draft(
         &self,
         s: &Session,
         action: Action,
@@ -464,7 +469,7 @@ impl Office {
 
     /// Ends an operation: on success the `ok` audit record joins its transaction and it
     /// commits; on failure it is rolled back and a `failed` record committed on its own.
-    async fn finish<T>(
+    pub(crate) async fn finish<T>(
         &self,
         s: &Session,
         action: Action,
@@ -497,7 +502,7 @@ impl Office {
         }
     }
 
-    async fn record_operation(
+    pub(crate) async fn record_operation(
         &self,
         tx: &mut Tx,
         s: &Session,
@@ -516,7 +521,7 @@ impl Office {
         Ok(id)
     }
 
-    async fn require_machine(
+    pub(crate) async fn require_machine(
         &self,
         tx: &mut Tx,
         s: &Session,

@@ -5,5 +5,8 @@
 
 mod concurrency;
 mod conformance;
+mod crash;
 mod keystore;
+mod lifecycle;
+mod pkcs11;
 mod support;

@@ -1,0 +1,1 @@
+//! Manufacture: chip lots, production batches through their stages, card inventory (being written).

@@ -1,0 +1,1 @@
+//! The keystore over PKCS#11 (being written).

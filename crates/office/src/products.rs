@@ -1,0 +1,1 @@
+//! Card products and their versioned personalization profiles (being written).

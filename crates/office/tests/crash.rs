@@ -1,0 +1,1 @@
+//! SIGKILL crash tests of ledger postings (being written).

@@ -1,0 +1,1 @@
+//! Manufacture, products and inventory on both databases (being written).

@@ -1,0 +1,1 @@
+//! The PKCS#11 keystore against SoftHSM2 (being written).
