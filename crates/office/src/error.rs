@@ -55,6 +55,9 @@ pub enum OfficeError {
         /// The operator.
         login: String,
     },
+    /// The keystore refused or failed a step (the message names no key).
+    #[error("keystore: {0}")]
+    Keystore(String),
     /// An input is malformed.
     #[error("{what} is not valid: {why}")]
     Invalid {

@@ -72,6 +72,7 @@ impl Role {
                     | CreateBranch
                     | RegisterMachine
                     | RetireMachine
+                    | KeyCeremony
                     | SettlePurchase
                     | Check
                     | VerifyAudit
@@ -117,6 +118,8 @@ pub enum Action {
     BankDeposit,
     /// Settle an uploaded offline purchase (stand-in until settlement lands).
     SettlePurchase,
+    /// A key ceremony step in the keystore (generate, import, activate, retire).
+    KeyCeremony,
     /// Run the consistency check.
     Check,
     /// Verify the audit chain.
@@ -141,6 +144,7 @@ impl Action {
             Action::LoadCard => "load_card",
             Action::BankDeposit => "bank_deposit",
             Action::SettlePurchase => "settle_purchase",
+            Action::KeyCeremony => "key_ceremony",
             Action::Check => "check",
             Action::VerifyAudit => "verify_audit",
             Action::ReadLedger => "read_ledger",
