@@ -66,6 +66,7 @@
 
 pub mod audit;
 pub mod check;
+pub mod config;
 pub mod error;
 pub mod keystore;
 pub mod ledger;

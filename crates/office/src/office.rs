@@ -36,7 +36,7 @@ pub fn system_clock() -> Clock {
 }
 
 /// Production or development: a production back office refuses the development key set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// Real money, real keys.
@@ -1018,6 +1018,24 @@ impl Office {
         let a = ledger::accounts(&mut tx).await?;
         tx.rollback().await?;
         Ok(a)
+    }
+
+    // ----- keys -----
+
+    /// Runs one key ceremony step (the caller's closure generates, imports, activates or
+    /// retires a key in the keystore) for an administrator, under the write lock, and records
+    /// its outcome in the audit chain: `ok` with the closure's detail (a version and a KCV,
+    /// never a key), or `failed` with its message. A refused role runs nothing.
+    pub async fn key_ceremony<T>(
+        &self,
+        s: &Session,
+        subject: &str,
+        step: impl FnOnce() -> std::result::Result<(T, String), String>,
+    ) -> Result<T> {
+        let (tx, at) = self.begin(s, Action::KeyCeremony, subject).await?;
+        let result = step().map_err(OfficeError::Keystore);
+        self.finish(s, Action::KeyCeremony, subject, at, tx, result)
+            .await
     }
 
     // ----- verification -----
