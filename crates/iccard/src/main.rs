@@ -32,12 +32,17 @@ enum Command {
     /// Send APDUs to the card in a PC/SC reader (61xx and 6Cxx followed up); one line of hex
     /// per answer.
     Apdu(cmd::reader::ApduArgs),
+    /// The issuer's back office: init, operators, machines, keys, check, audit, ledger.
+    Office(cmd::office::OfficeArgs),
     /// The main job: a card made, personalized and used, end to end, each step shown.
     Demo(cmd::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Office(a) = &cli.command {
+        return cmd::office::run(a);
+    }
     let result = match &cli.command {
         Command::Crypto(c) => cmd::crypto::run(c),
         Command::Card(c) => cmd::card::run(c).map(|()| String::new()),
@@ -45,6 +50,7 @@ fn main() -> ExitCode {
         Command::Reader(c) => cmd::reader::run(c).map(|()| String::new()),
         Command::Apdu(a) => cmd::reader::apdu(a).map(|()| String::new()),
         Command::Demo(a) => cmd::demo::run(a).map(|()| String::new()),
+        Command::Office(_) => Ok(String::new()),
     };
     match result {
         Ok(line) => {

@@ -1,0 +1,492 @@
+//! `iccard office ...` end to end through the binary: init on SQLite (and on PostgreSQL when
+//! `ICCARD_TEST_POSTGRES_URL` is set), operators and roles, machines, the key ceremony with a
+//! local keystore, `check`, the audit chain, `--json`, and the refusals with their exit codes
+//! (1: the back office refused; 2: usage or configuration) that must change nothing.
+
+use iccard_office::store::Store;
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+
+const ADMIN_PW: &str = "admin-password-1";
+const PASS: &str = "keystore passphrase for tests";
+
+fn iccard(office: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_iccard"));
+    c.arg("office").arg("--office").arg(office).args(args);
+    for var in [
+        "ICCARD_OFFICE",
+        "ICCARD_OPERATOR",
+        "ICCARD_MACHINE",
+        "ICCARD_OPERATOR_PASSWORD",
+        "ICCARD_NEW_OPERATOR_PASSWORD",
+        "ICCARD_KEYSTORE_PASSPHRASE",
+        "ICCARD_KEY_VALUE",
+    ] {
+        c.env_remove(var);
+    }
+    c.env("ICCARD_OPERATOR_PASSWORD", ADMIN_PW)
+        .env("ICCARD_KEYSTORE_PASSPHRASE", PASS);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("the iccard binary runs")
+}
+
+fn ok(office: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
+    let out = iccard(office, env, args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed ({:?}): {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+fn json(office: &Path, env: &[(&str, &str)], args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    let out = ok(office, env, &a);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
+}
+
+/// Runs a command that must exit with `code`; returns stderr.
+fn fails(office: &Path, env: &[(&str, &str)], args: &[&str], code: i32) -> String {
+    let out = iccard(office, env, args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{args:?}: expected exit {code}; stdout {} stderr {err}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    err
+}
+
+fn audit_len(office: &Path) -> usize {
+    json(
+        office,
+        &[],
+        &["--operator", "root", "audit", "show", "--limit", "100000"],
+    )
+    .as_array()
+    .expect("an array")
+    .len()
+}
+
+fn init(office: &Path, database: Option<&str>) {
+    let mut args = vec![
+        "init",
+        "--issuer-number",
+        "31000001",
+        "--development",
+        "--admin",
+        "root",
+        "--admin-name",
+        "Root Admin",
+    ];
+    if let Some(url) = database {
+        args.extend(["--database-env", "ICCARD_TEST_OFFICE_DB"]);
+        let v = json(office, &[("ICCARD_TEST_OFFICE_DB", url)], &args);
+        assert_eq!(v["mode"], "development");
+    } else {
+        let v = json(office, &[], &args);
+        assert_eq!(v["issuer_number"], "31000001");
+        assert!(office.join("keys.iks").exists());
+        assert!(office.join("office.db").exists());
+    }
+}
+
+fn root<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["--operator", "root"];
+    a.extend_from_slice(args);
+    a
+}
+
+/// The whole administrative path on one database.
+fn scenario(office: &Path, env: &[(&str, &str)]) {
+    let st = json(office, env, &["status"]);
+    assert_eq!(st["issuer_number"], "31000001");
+
+    // Operators, a branch, machines.
+    let new_pw = [env, &[("ICCARD_NEW_OPERATOR_PASSWORD", "clerk-password-1")]].concat();
+    let op = json(
+        office,
+        &new_pw,
+        &root(&[
+            "operator",
+            "add",
+            "rita",
+            "--role",
+            "recharge-clerk",
+            "--name",
+            "Rita",
+        ]),
+    );
+    assert_eq!(op["role"], "recharge_clerk");
+    json(
+        office,
+        &new_pw,
+        &root(&["operator", "add", "audrey", "--role", "auditor"]),
+    );
+    json(
+        office,
+        env,
+        &root(&["branch", "add", "NORTH", "--name", "North gate"]),
+    );
+    let m = json(
+        office,
+        env,
+        &root(&[
+            "machine",
+            "add",
+            "RP-001",
+            "--kind",
+            "recharge-point",
+            "--branch",
+            "NORTH",
+        ]),
+    );
+    assert_eq!(m["kind"], "recharge_point");
+    let err = fails(
+        office,
+        env,
+        &root(&[
+            "machine", "add", "T-001", "--kind", "terminal", "--branch", "NORTH",
+        ]),
+        2,
+    );
+    assert!(err.contains("PSAM"), "{err}");
+    json(
+        office,
+        env,
+        &root(&[
+            "machine",
+            "add",
+            "T-001",
+            "--kind",
+            "terminal",
+            "--branch",
+            "NORTH",
+            "--psam",
+            "PSAM-0001",
+        ]),
+    );
+    let machines = json(office, env, &root(&["machine", "list"]));
+    assert_eq!(machines.as_array().unwrap().len(), 3);
+    let ops = json(office, env, &root(&["operator", "list"]));
+    assert_eq!(ops.as_array().unwrap().len(), 3);
+
+    // A recharge clerk may not run a key ceremony: exit 1, the refusal audited, no key made.
+    let clerk = [env, &[("ICCARD_OPERATOR_PASSWORD", "clerk-password-1")]].concat();
+    let before = audit_len(office);
+    let err = fails(
+        office,
+        &clerk,
+        &[
+            "--operator",
+            "rita",
+            "--machine",
+            "RP-001",
+            "key",
+            "generate",
+            "MLK",
+        ],
+        1,
+    );
+    assert!(err.contains("rita") && err.contains("may not"), "{err}");
+    // login + denied
+    assert_eq!(audit_len(office), before + 2 + 1);
+    let keys = json(office, env, &root(&["key", "list"]));
+    assert!(keys.as_array().unwrap().is_empty(), "{keys}");
+
+    // Wrong password: exit 1, does not say which of login or password was wrong.
+    let err = fails(
+        office,
+        &[env, &[("ICCARD_OPERATOR_PASSWORD", "nope")]].concat(),
+        &root(&["check"]),
+        1,
+    );
+    assert!(err.contains("login refused"), "{err}");
+
+    // The key ceremony: generate, import with a KCV check, activate, retire; the log.
+    let k = json(office, env, &root(&["key", "generate", "MLK"]));
+    assert_eq!(k["state"], "inactive");
+    assert_eq!(k["version"], 1);
+    let value = [
+        env,
+        &[("ICCARD_KEY_VALUE", "0123456789ABCDEFFEDCBA9876543210")],
+    ]
+    .concat();
+    let err = fails(
+        office,
+        &value,
+        &root(&["key", "import", "MTK", "--version", "1", "--kcv", "000000"]),
+        1,
+    );
+    assert!(err.contains("mistyped"), "{err}");
+    let kcv = iccard_crypto::kcv(
+        iccard_crypto::PurseAlg::TripleDes.key_cipher(),
+        &hex::decode("0123456789ABCDEFFEDCBA9876543210").unwrap(),
+    )
+    .map(hex::encode_upper)
+    .unwrap();
+    let k = json(
+        office,
+        &value,
+        &root(&["key", "import", "MTK", "--version", "1", "--kcv", &kcv]),
+    );
+    assert_eq!(k["kcv"], kcv.as_str());
+    ok(office, env, &root(&["key", "activate", "MLK", "1"]));
+    ok(office, env, &root(&["key", "activate", "MTK", "1"]));
+    ok(office, env, &root(&["key", "retire", "MLK", "1"]));
+    let err = fails(office, env, &root(&["key", "activate", "MLK", "1"]), 1);
+    assert!(err.contains("retired"), "{err}");
+    let keys = json(office, env, &root(&["key", "list"]));
+    let states: Vec<(String, String)> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["name"].as_str().unwrap().into(),
+                k["state"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("MLK".into(), "retired".into()),
+            ("MTK".into(), "active".into())
+        ]
+    );
+    let log = json(office, env, &root(&["key", "log"]));
+    let kinds: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["created", "imported", "activated", "activated", "retired"]
+    );
+    let text = serde_json::to_string(&log).unwrap();
+    assert!(
+        !text.contains("0123456789ABCDEF"),
+        "the ceremony log shows a key: {text}"
+    );
+
+    // A wrong keystore passphrase: exit 1, nothing changed.
+    let err = fails(
+        office,
+        &[env, &[("ICCARD_KEYSTORE_PASSPHRASE", "wrong")]].concat(),
+        &root(&["key", "list"]),
+        1,
+    );
+    assert!(err.contains("wrong passphrase"), "{err}");
+
+    // The auditor checks; the chain verifies.
+    let audit_env = [env, &[("ICCARD_OPERATOR_PASSWORD", "clerk-password-1")]].concat();
+    let r = json(office, &audit_env, &["--operator", "audrey", "check"]);
+    assert_eq!(r["problems"].as_array().unwrap().len(), 0, "{r}");
+    let text = ok(office, &audit_env, &["--operator", "audrey", "check"]);
+    assert!(text.contains("verdict: clean"), "{text}");
+    let v = json(office, env, &root(&["audit", "verify"]));
+    assert!(v["broken"].is_null(), "{v}");
+    let accounts = json(office, env, &root(&["ledger", "accounts"]));
+    assert!(accounts
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["code"] == "cash:RP-001"));
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Alters one audit record behind the back office's back.
+fn tamper(url: &str, seq: i64) {
+    runtime().block_on(async {
+        let store = Store::connect(url).await.unwrap();
+        let mut tx = store.write().await.unwrap();
+        let n = tx
+            .execute(
+                "UPDATE audit_log SET detail = 'edited by hand' WHERE seq = $1",
+                &[iccard_office::store::Arg::I64(seq)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        tx.commit().await.unwrap();
+        store.close().await;
+    });
+}
+
+#[test]
+fn office_cli_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let office = dir.path().join("office");
+    init(&office, None);
+    scenario(&office, &[]);
+
+    // A tampered audit record: `audit verify` and `check` exit 1 and name it.
+    tamper(
+        &format!("sqlite://{}", office.join("office.db").display()),
+        3,
+    );
+    let out = iccard(
+        &office,
+        &[],
+        &["--operator", "root", "audit", "verify", "--json"],
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["broken"]["seq"], 3, "{v}");
+    let out = iccard(&office, &[], &["--operator", "root", "check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("PROBLEM") && text.contains('3'), "{text}");
+}
+
+#[test]
+fn office_cli_on_postgres() {
+    let Ok(url) = std::env::var("ICCARD_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var("ICCARD_TEST_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+            "ICCARD_TEST_REQUIRE_POSTGRES=1 but ICCARD_TEST_POSTGRES_URL is unset"
+        );
+        eprintln!("skipped: ICCARD_TEST_POSTGRES_URL is unset (scripts/test sets it)");
+        return;
+    };
+    // A fresh database of our own on the test server.
+    let name = format!("iccard_cli_{}", std::process::id());
+    let base = url.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
+    let db_url = create_database(&url, &base, &name);
+    let dir = tempfile::tempdir().unwrap();
+    let office = dir.path().join("office");
+    init(&office, Some(&db_url));
+    let env = [("ICCARD_TEST_OFFICE_DB", db_url.as_str())];
+    scenario(&office, &env);
+    // The configuration holds the variable's name, not the URL (it may carry a password).
+    let toml = std::fs::read_to_string(office.join("office.toml")).unwrap();
+    assert!(
+        toml.contains("database_url_env") && !toml.contains("postgres://"),
+        "{toml}"
+    );
+    let err = fails(&office, &[], &["--operator", "root", "check"], 2);
+    assert!(err.contains("ICCARD_TEST_OFFICE_DB"), "{err}");
+}
+
+fn create_database(url: &str, base: &str, name: &str) -> String {
+    runtime().block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(url)
+            .await
+            .expect("the test PostgreSQL answers");
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        c.close().await.unwrap();
+    });
+    format!("{base}/{name}")
+}
+
+#[test]
+fn refusals_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let office = dir.path().join("prod");
+    // Production with the development keys: refused before anything is written.
+    let err = fails(
+        &office,
+        &[],
+        &[
+            "init",
+            "--issuer-number",
+            "31000001",
+            "--production",
+            "--dev-keys",
+            "--admin",
+            "root",
+        ],
+        2,
+    );
+    assert!(
+        err.contains("production") && err.contains("development key set"),
+        "{err}"
+    );
+    assert!(!office.exists(), "a refused init left files behind");
+    // A bad issuer number: refused, and the keystore file made for it removed.
+    let err = fails(
+        &office,
+        &[],
+        &[
+            "init",
+            "--issuer-number",
+            "31x",
+            "--production",
+            "--admin",
+            "root",
+        ],
+        2,
+    );
+    assert!(err.contains("issuer number"), "{err}");
+    assert!(!office.join("keys.iks").exists());
+    assert!(!office.join("office.toml").exists());
+    // No configuration: says to run init.
+    let err = fails(&office, &[], &["--operator", "root", "check"], 2);
+    assert!(err.contains("iccard office init"), "{err}");
+    // A production office with a local keystore works; a second init on it is refused.
+    ok(
+        &office,
+        &[],
+        &[
+            "init",
+            "--issuer-number",
+            "31000001",
+            "--production",
+            "--admin",
+            "root",
+        ],
+    );
+    let err = fails(
+        &office,
+        &[],
+        &[
+            "init",
+            "--issuer-number",
+            "31000001",
+            "--production",
+            "--admin",
+            "root",
+        ],
+        2,
+    );
+    assert!(err.contains("already holds a back office"), "{err}");
+    // Hand-editing the configuration to the development keys is refused on load.
+    let path = office.join("office.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let edited = text
+        .lines()
+        .filter(|l| !l.starts_with("path") && !l.starts_with("passphrase_env"))
+        .map(|l| l.replace("kind = \"local\"", "kind = \"development\""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&path, edited).unwrap();
+    let err = fails(&office, &[], &["--operator", "root", "key", "list"], 2);
+    assert!(err.contains("development key set"), "{err}");
+    // No operator named: a usage error.
+    std::fs::write(&path, text).unwrap();
+    let err = fails(&office, &[], &["check"], 2);
+    assert!(err.contains("--operator"), "{err}");
+}
