@@ -12,6 +12,7 @@
 
 pub mod devkeys;
 pub mod functional;
+pub mod keys;
 pub mod manufacture;
 pub mod personalize;
 pub mod psam;

@@ -19,6 +19,7 @@
 //! application serial (the card number as 10-byte BCD).
 
 use crate::devkeys;
+use crate::keys::{DevIssuerKeys, IssuerKeys};
 use crate::script::{key, Admin, FileSpec, ScriptError};
 use iccard_apdu::{bcd, tlv, Command as Apdu};
 use iccard_cos::app::purse::{self, PurseSettings, PURSE_FID};
@@ -272,18 +273,28 @@ pub fn take_ownership<C: CardChannel>(
     chip_serial: &[u8; 8],
     d: &[u8; 8],
 ) -> Result<Zeroizing<[u8; 16]>, ScriptError> {
+    take_ownership_with(admin, chip_serial, d, &DevIssuerKeys)
+}
+
+/// [`take_ownership`] with the keys from `keys`.
+pub fn take_ownership_with<C: CardChannel>(
+    admin: &mut Admin<C>,
+    chip_serial: &[u8; 8],
+    d: &[u8; 8],
+    keys: &dyn IssuerKeys,
+) -> Result<Zeroizing<[u8; 16]>, ScriptError> {
     admin.select_mf()?;
-    let transport = crate::manufacture::transport_key(&devkeys::TRANSPORT.value(), chip_serial);
+    let transport = keys.derive(devkeys::TRANSPORT.name, PurseAlg::TripleDes, chip_serial)?;
     admin.external_authenticate(0, alg::TDES, &transport)?;
     // The card master key is always 3DES: it protects the card, not an application generation.
-    let cmk = domain_key(&devkeys::MCMK, PurseAlg::TripleDes, d, Domain::Card);
+    let cmk = keyed(keys, &devkeys::MCMK, PurseAlg::TripleDes, d, Domain::Card)?;
     admin.write_key(
         alg::TDES,
         &transport,
         &key(KeyType::Master, 0, alg::TDES, &cmk[..], MF_ADMIN_STATE, 15),
     )?;
     admin.external_authenticate(0, alg::TDES, &cmk)?;
-    let maintenance = mf_maintenance_key(d);
+    let maintenance = keyed(keys, &devkeys::MAMK, PurseAlg::TripleDes, d, Domain::Card)?;
     admin.write_key(
         alg::TDES,
         &cmk,
@@ -318,6 +329,7 @@ fn card_level_files<C: CardChannel>(
     admin: &mut Admin<C>,
     serial: &[u8; 10],
     applications: &[(&[u8], &str)],
+    keys: &dyn IssuerKeys,
 ) -> Result<(), ScriptError> {
     let admin_only = 0xF0 | MF_ADMIN_STATE;
     // EF.DIR: one record per application, `61 { 4F AID, 50 label }` (ISO 7816-4 §8.2.1.1).
@@ -351,7 +363,13 @@ fn card_level_files<C: CardChannel>(
         "UPDATE BINARY EF.ICC",
         &Apdu::new(0x00, 0xD6, 0x85, 0x00).with_data(serial.to_vec()),
         alg::TDES,
-        &mf_maintenance_key(&CardNumber::diversifier(serial)),
+        &*keyed(
+            keys,
+            &devkeys::MAMK,
+            PurseAlg::TripleDes,
+            &CardNumber::diversifier(serial),
+            Domain::Card,
+        )?,
     )?;
     Ok(())
 }
@@ -362,6 +380,7 @@ fn access_application<C: CardChannel>(
     p: &Personalization,
     d: &[u8; 8],
     pin: &[u8],
+    keys: &dyn IssuerKeys,
 ) -> Result<(), ScriptError> {
     let a = alg_byte(p.alg);
     let admin_state = 0xF0 | APP_ADMIN_STATE;
@@ -377,17 +396,17 @@ fn access_application<C: CardChannel>(
         ),
     )?;
     admin.create(&FileSpec::key_file(8))?;
-    let cmk = domain_key(&devkeys::MCMK, PurseAlg::TripleDes, d, Domain::Card);
-    let app_master = domain_key(&devkeys::MCMK, p.alg, d, Domain::Access);
+    let cmk = keyed(keys, &devkeys::MCMK, PurseAlg::TripleDes, d, Domain::Card)?;
+    let app_master = keyed(keys, &devkeys::MCMK, p.alg, d, Domain::Access)?;
     admin.write_key(
         alg::TDES,
         &cmk,
         &key(KeyType::Master, 0, a, &app_master[..], APP_ADMIN_STATE, 15),
     )?;
-    let maintenance = domain_key(&devkeys::MAMK, p.alg, d, Domain::Access);
-    let terminal = terminal_key(p.alg, d);
-    let unblock = domain_key(&devkeys::MPUK, p.alg, d, Domain::Access);
-    let reload = domain_key(&devkeys::MRPK, p.alg, d, Domain::Access);
+    let maintenance = keyed(keys, &devkeys::MAMK, p.alg, d, Domain::Access)?;
+    let terminal = keyed(keys, &devkeys::MAMK, p.alg, d, Domain::AccessTerminal)?;
+    let unblock = keyed(keys, &devkeys::MPUK, p.alg, d, Domain::Access)?;
+    let reload = keyed(keys, &devkeys::MRPK, p.alg, d, Domain::Access)?;
     for k in [
         key(KeyType::Maintenance, 0, a, &maintenance[..], 0, 15),
         key(
@@ -455,6 +474,7 @@ fn purse_application<C: CardChannel>(
     serial: &[u8; 10],
     d: &[u8; 8],
     pin: &[u8],
+    keys: &dyn IssuerKeys,
 ) -> Result<(), ScriptError> {
     let a = alg_byte(p.alg);
     let admin_state = 0xF0 | APP_ADMIN_STATE;
@@ -466,19 +486,19 @@ fn purse_application<C: CardChannel>(
         admin_state,
     ))?;
     admin.create(&FileSpec::key_file(10))?;
-    let cmk = domain_key(&devkeys::MCMK, PurseAlg::TripleDes, d, Domain::Card);
-    let app_master = domain_key(&devkeys::MCMK, p.alg, d, Domain::Purse);
+    let cmk = keyed(keys, &devkeys::MCMK, PurseAlg::TripleDes, d, Domain::Card)?;
+    let app_master = keyed(keys, &devkeys::MCMK, p.alg, d, Domain::Purse)?;
     admin.write_key(
         alg::TDES,
         &cmk,
         &key(KeyType::Master, 0, a, &app_master[..], APP_ADMIN_STATE, 15),
     )?;
-    let damk = card_key(&devkeys::MAMK, p.alg, d);
-    let dpk = card_key(&devkeys::MPK, p.alg, d);
-    let dlk = card_key(&devkeys::MLK, p.alg, d);
-    let dtk = card_key(&devkeys::MTK, p.alg, d);
-    let dpuk = card_key(&devkeys::MPUK, p.alg, d);
-    let drpk = card_key(&devkeys::MRPK, p.alg, d);
+    let damk = keyed(keys, &devkeys::MAMK, p.alg, d, Domain::Purse)?;
+    let dpk = keyed(keys, &devkeys::MPK, p.alg, d, Domain::Purse)?;
+    let dlk = keyed(keys, &devkeys::MLK, p.alg, d, Domain::Purse)?;
+    let dtk = keyed(keys, &devkeys::MTK, p.alg, d, Domain::Purse)?;
+    let dpuk = keyed(keys, &devkeys::MPUK, p.alg, d, Domain::Purse)?;
+    let drpk = keyed(keys, &devkeys::MRPK, p.alg, d, Domain::Purse)?;
     // Purse keys carry no retry counter of their own: the purse's MAC-failure counter guards
     // them, and it locks the whole application.
     for k in [
@@ -554,23 +574,45 @@ pub fn terminal_key(a: PurseAlg, d: &[u8; 8]) -> Zeroizing<[u8; 16]> {
 /// Personalizes a blank card with the development key set: MF, card-level files, the
 /// access-control application, the purse application, card SECURED.
 pub fn personalize<C: CardChannel>(channel: C, p: &Personalization) -> Result<C, ScriptError> {
+    personalize_with(channel, p, &DevIssuerKeys)
+}
+
+/// A card key of `domain` for card data `d`, from `keys`.
+fn keyed(
+    keys: &dyn IssuerKeys,
+    master: &devkeys::DevKey,
+    a: PurseAlg,
+    d: &[u8; 8],
+    domain: Domain,
+) -> Result<Zeroizing<[u8; 16]>, ScriptError> {
+    keys.derive(master.name, a, &domain.data(d))
+}
+
+/// [`personalize`] with the card keys from `keys` (a keystore or an HSM behind
+/// [`IssuerKeys`]): the same script, no master key in this process.
+pub fn personalize_with<C: CardChannel>(
+    channel: C,
+    p: &Personalization,
+    keys: &dyn IssuerKeys,
+) -> Result<C, ScriptError> {
     let serial = CardNumber::serial(&p.card_number)?;
     let d = CardNumber::diversifier(&serial);
     let pin = pin_bytes(&p.pin)?;
     let mut admin = Admin::new(channel);
     admin.channel().reset()?;
     let chip = chip_serial(&mut admin)?;
-    let cmk = take_ownership(&mut admin, &chip, &d)?;
+    let cmk = take_ownership_with(&mut admin, &chip, &d, keys)?;
     card_level_files(
         &mut admin,
         &serial,
         &[(PURSE_AID, "PURSE"), (ACCESS_AID, "ACCESS")],
+        keys,
     )?;
-    access_application(&mut admin, p, &d, &pin)?;
+    access_application(&mut admin, p, &d, &pin, keys)?;
     // Leaving an application clears the MF's state: authenticate again at the MF.
     admin.select_mf()?;
     admin.external_authenticate(0, alg::TDES, &cmk)?;
-    purse_application(&mut admin, p, &serial, &d, &pin)?;
+    purse_application(&mut admin, p, &serial, &d, &pin, keys)?;
     admin.select_mf()?;
     admin.external_authenticate(0, alg::TDES, &cmk)?;
     admin.ok(
