@@ -19,6 +19,17 @@ use crate::recovery::{recover, Recovery};
 use crate::time::TransactionTime;
 use iccard_link::CardChannel;
 
+/// A load checked and authorized by the host, not yet sent to the card.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedLoad {
+    /// What must be recorded before CREDIT FOR LOAD leaves.
+    pub pending: PendingTransaction,
+    /// The host's MAC2.
+    pub mac2: [u8; 4],
+    /// The balance after the load.
+    pub new_balance_fen: u32,
+}
+
 /// A recharge point: its terminal id and the host keys.
 pub struct Recharge<'h, H: HostKeys + ?Sized> {
     host: &'h H,
@@ -42,7 +53,8 @@ impl<'h, H: HostKeys + ?Sized> Recharge<'h, H> {
         self
     }
 
-    /// Loads `amount_fen` onto the card.
+    /// Loads `amount_fen` onto the card: [`Recharge::prepare`], the pending record saved,
+    /// [`Recharge::complete`], the record cleared once the answer is in.
     pub fn load<C: CardChannel>(
         &self,
         card: &mut PurseCard<C>,
@@ -50,6 +62,30 @@ impl<'h, H: HostKeys + ?Sized> Recharge<'h, H> {
         when: &TransactionTime,
         store: &mut dyn PendingStore,
     ) -> Result<LoadOutcome, TerminalError> {
+        let prepared = self.prepare(card, amount_fen, when)?;
+        store.save(&prepared.pending)?;
+        match self.complete(card, &prepared) {
+            Ok(outcome) => {
+                store.clear()?;
+                Ok(outcome)
+            }
+            Err(e @ TerminalError::Refused { .. }) => {
+                store.clear()?;
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Steps 1–3 of a load: the card checked for validity, INITIALIZE FOR LOAD, MAC1 checked,
+    /// MAC2 computed. Nothing has moved yet; the caller must record `pending` durably before
+    /// [`Recharge::complete`].
+    pub fn prepare<C: CardChannel>(
+        &self,
+        card: &mut PurseCard<C>,
+        amount_fen: u32,
+        when: &TransactionTime,
+    ) -> Result<PreparedLoad, TerminalError> {
         if amount_fen == 0 {
             return Err(TerminalError::Input(
                 "the amount to load must be at least 1 fen".into(),
@@ -75,7 +111,7 @@ impl<'h, H: HostKeys + ?Sized> Recharge<'h, H> {
         if !self.host.load_mac1_ok(&ctx, &init.mac1)? {
             return Err(TerminalError::Mac1Invalid);
         }
-        let new_balance =
+        let new_balance_fen =
             init.balance_fen
                 .checked_add(amount_fen)
                 .ok_or(TerminalError::BalanceOverflow {
@@ -83,40 +119,85 @@ impl<'h, H: HostKeys + ?Sized> Recharge<'h, H> {
                     amount_fen,
                 })?;
         let mac2 = self.host.load_mac2(&ctx, when)?;
-        let pending = PendingTransaction {
-            format: PENDING_FORMAT,
-            kind: TransactionKind::Load,
-            card_number: identity.card_number(),
-            application_serial: identity.application_serial,
-            serial: init.online_serial,
-            amount_fen,
-            balance_before_fen: init.balance_fen,
-            terminal_id: self.terminal_id,
-            terminal_serial: None,
-            when: *when,
-            key_index: self.key_index,
-            key_version: init.key_version,
-            alg_id: init.alg_id,
-        };
-        store.save(&pending)?;
-        let tac = match card.credit_for_load(when, &mac2) {
+        Ok(PreparedLoad {
+            pending: PendingTransaction {
+                format: PENDING_FORMAT,
+                kind: TransactionKind::Load,
+                card_number: identity.card_number(),
+                application_serial: identity.application_serial,
+                serial: init.online_serial,
+                amount_fen,
+                balance_before_fen: init.balance_fen,
+                terminal_id: self.terminal_id,
+                terminal_serial: None,
+                when: *when,
+                key_index: self.key_index,
+                key_version: init.key_version,
+                alg_id: init.alg_id,
+            },
+            mac2,
+            new_balance_fen,
+        })
+    }
+
+    /// Steps 4–5: CREDIT FOR LOAD and the TAC verified. An error answer
+    /// ([`TerminalError::Refused`]) means the card moved no money; any other failure is
+    /// [`TerminalError::AnswerLost`]: the outcome is known only from the card, later
+    /// ([`Recharge::settle_pending`]).
+    pub fn complete<C: CardChannel>(
+        &self,
+        card: &mut PurseCard<C>,
+        prepared: &PreparedLoad,
+    ) -> Result<LoadOutcome, TerminalError> {
+        let pending = &prepared.pending;
+        let tac = match card.credit_for_load(&pending.when, &prepared.mac2) {
             Ok(tac) => tac,
-            Err(e @ TerminalError::Refused { .. }) => {
-                // An error answer: the card changed no money (card OS invariant).
-                store.clear()?;
-                return Err(e);
-            }
+            // An error answer: the card changed no money (card OS invariant).
+            Err(e @ TerminalError::Refused { .. }) => return Err(e),
             Err(e) => {
                 return Err(TerminalError::AnswerLost {
                     step: "CREDIT FOR LOAD",
-                    pending: Box::new(pending),
+                    pending: Box::new(pending.clone()),
                     cause: e.to_string(),
                 })
             }
         };
-        store.clear()?;
-        let outcome = self.outcome(&pending, new_balance, Some(tac), None)?;
-        Ok(outcome)
+        self.outcome(pending, prepared.new_balance_fen, Some(tac), None)
+    }
+
+    /// What became of a pending load, asked of the card itself: `Some(outcome)` when the card
+    /// executed it (with its TAC when the card still holds the proof), `None` when it never did
+    /// (and never will: the pending MAC2 is bound to a serial the card has not used).
+    pub fn settle_pending<C: CardChannel>(
+        &self,
+        card: &mut PurseCard<C>,
+        pending: &PendingTransaction,
+    ) -> Result<Option<LoadOutcome>, TerminalError> {
+        if pending.kind != TransactionKind::Load {
+            return Err(TerminalError::Input(format!(
+                "the pending transaction is a {}, not a load",
+                pending.kind
+            )));
+        }
+        match recover(card, pending)? {
+            Recovery::Completed { proof } => {
+                let new_balance = pending
+                    .balance_before_fen
+                    .checked_add(pending.amount_fen)
+                    .ok_or(TerminalError::BalanceOverflow {
+                        balance_fen: pending.balance_before_fen,
+                        amount_fen: pending.amount_fen,
+                    })?;
+                self.outcome(
+                    pending,
+                    new_balance,
+                    proof.map(|p| p.tac),
+                    Some(RecoveryNote::CompletedEarlier),
+                )
+                .map(Some)
+            }
+            Recovery::NotDone => Ok(None),
+        }
     }
 
     fn outcome(
@@ -176,31 +257,12 @@ impl<'h, H: HostKeys + ?Sized> Recharge<'h, H> {
         pending: &PendingTransaction,
         store: &mut dyn PendingStore,
     ) -> Result<LoadOutcome, TerminalError> {
-        if pending.kind != TransactionKind::Load {
-            return Err(TerminalError::Input(format!(
-                "the pending transaction is a {}, not a load",
-                pending.kind
-            )));
-        }
-        match recover(card, pending)? {
-            Recovery::Completed { proof } => {
-                let new_balance = pending
-                    .balance_before_fen
-                    .checked_add(pending.amount_fen)
-                    .ok_or(TerminalError::BalanceOverflow {
-                        balance_fen: pending.balance_before_fen,
-                        amount_fen: pending.amount_fen,
-                    })?;
-                let outcome = self.outcome(
-                    pending,
-                    new_balance,
-                    proof.map(|p| p.tac),
-                    Some(RecoveryNote::CompletedEarlier),
-                )?;
+        match self.settle_pending(card, pending)? {
+            Some(outcome) => {
                 store.clear()?;
                 Ok(outcome)
             }
-            Recovery::NotDone => {
+            None => {
                 store.clear()?;
                 let mut outcome = self.load(card, pending.amount_fen, &pending.when, store)?;
                 outcome.recovery = Some(RecoveryNote::Repeated);
