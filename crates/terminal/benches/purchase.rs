@@ -5,42 +5,16 @@
 //! `cargo bench -p iccard-terminal --bench purchase` (release). Plain timing loops rather than
 //! criterion: a card's offline serial is 2 bytes, so a run must stay under 65,535 purchases.
 
-use iccard_cos::nvm::SimEeprom;
-use iccard_cos::{Card, SeededRandom};
 use iccard_crypto::{block_ops, ecb_encrypt, reset_block_ops, Cipher, PurseAlg};
 use iccard_issuer::devkeys;
-use iccard_issuer::manufacture::{self, BlankCard};
 use iccard_issuer::personalize::{self, Personalization, PurseProfile};
 use iccard_issuer::psam::{self as psam_perso, PsamPersonalization};
-use iccard_link::{CardChannel, LinkError};
 use iccard_terminal::{
     MasterKeyHost, MemoryPending, Psam, Purchase, PurseCard, Recharge, TransactionTime,
 };
+use iccard_testkit::{blank, MemCard};
 use std::hint::black_box;
 use std::time::Instant;
-
-struct MemCard(Card<SimEeprom, SeededRandom>);
-
-impl CardChannel for MemCard {
-    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, LinkError> {
-        Ok(self.0.process(apdu))
-    }
-    fn reset(&mut self) -> Result<Vec<u8>, LinkError> {
-        Ok(self.0.reset())
-    }
-}
-
-fn blank(seed: u64) -> MemCard {
-    let eeprom = manufacture::eeprom(32, iccard_cos::nvm::DEFAULT_ENDURANCE).unwrap();
-    let spec = BlankCard {
-        chip_serial: seed.to_be_bytes(),
-        production_date: [0x20, 0x25, 0x01, 0x01],
-        batch: 1,
-        transport_key_version: 1,
-        attack_threshold: 64,
-    };
-    MemCard(manufacture::make_blank(eeprom, SeededRandom::new(seed), &spec).unwrap())
-}
 
 /// A card loaded with plenty and a PSAM, ready for `n` purchases of 1 fen.
 fn setup(alg: PurseAlg, seed: u64) -> (PurseCard<MemCard>, Psam<MemCard>) {
