@@ -58,6 +58,25 @@ pub enum OfficeError {
     /// The keystore refused or failed a step (the message names no key).
     #[error("keystore: {0}")]
     Keystore(String),
+    /// The card refused, answered wrongly or could not be reached.
+    #[error("card: {0}")]
+    Card(String),
+    /// A card of another issuer.
+    #[error("card {application_serial} belongs to issuer {issuer_id}, not to this office: nothing was done")]
+    ForeignCard {
+        /// The card.
+        application_serial: String,
+        /// The issuer identifier the card carries (hex).
+        issuer_id: String,
+    },
+    /// CREDIT FOR LOAD left and its answer was lost: the load stays pending.
+    #[error("the answer to CREDIT FOR LOAD from card {application_serial} was lost ({cause}): the load is pending; present the card again (`iccard office recharge --settle`) and the card's own serial will show whether it happened; do not hand the cash back before that")]
+    LoadAnswerLost {
+        /// The card.
+        application_serial: String,
+        /// What went wrong.
+        cause: String,
+    },
     /// An input is malformed.
     #[error("{what} is not valid: {why}")]
     Invalid {

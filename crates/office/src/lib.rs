@@ -76,6 +76,7 @@ pub mod office;
 pub mod operators;
 pub mod pkcs11;
 pub mod products;
+pub mod recharge;
 pub mod store;
 
 pub use error::{OfficeError, Result};

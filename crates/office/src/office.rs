@@ -189,7 +189,7 @@ impl std::fmt::Debug for Office {
 }
 
 /// Reads the settings inside a transaction; `None` before `init`.
-async fn read_settings(tx: &mut Tx) -> Result<Option<Settings>> {
+pub(crate) async fn read_settings(tx: &mut Tx) -> Result<Option<Settings>> {
     let rows: Vec<(String, String)> = tx
         .fetch_all("SELECT name, value FROM office_settings", &[])
         .await?;
@@ -304,6 +304,11 @@ impl Office {
             return Err(OfficeError::NotInitialized);
         }
         Ok(Office { store, clock })
+    }
+
+    /// The office clock's current time, ms since the epoch.
+    pub(crate) fn now_ms(&self) -> i64 {
+        (self.clock)()
     }
 
     /// The underlying store.

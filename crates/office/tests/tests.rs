@@ -9,4 +9,5 @@ mod crash;
 mod keystore;
 mod lifecycle;
 mod pkcs11;
+mod recharge;
 mod support;
