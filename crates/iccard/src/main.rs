@@ -33,7 +33,7 @@ enum Command {
     /// per answer.
     Apdu(cmd::reader::ApduArgs),
     /// The issuer's back office: init, operators, machines, keys, check, audit, ledger.
-    Office(cmd::office::OfficeArgs),
+    Office(Box<cmd::office::OfficeArgs>),
     /// The main job: a card made, personalized and used, end to end, each step shown.
     Demo(cmd::demo::DemoArgs),
 }

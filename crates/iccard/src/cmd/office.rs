@@ -20,9 +20,11 @@ use iccard_crypto::PurseAlg;
 use iccard_office::config::{ConfigError, KeystoreConfig, OfficeConfig, PASSPHRASE_ENV, PIN_ENV};
 use iccard_office::keystore::{KdfParams, Keystore, KeystoreError, LocalKeystore, Passphrase};
 use iccard_office::machines::{MachineKind, NewMachine};
+use iccard_office::recharge::{PendingResolution, RechargeReceipt, RechargeRequest};
 use iccard_office::{
     InitConfig, Mode, NewOperator, Office, OfficeError, Password, Role, Session, Store,
 };
+use iccard_terminal::{PurseCard, TransactionTime};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -84,6 +86,34 @@ pub enum OfficeCmd {
     /// Ledger accounts and card shadow accounts.
     #[command(subcommand)]
     Ledger(LedgerCmd),
+    /// Recharge a card at a recharge point (log in there with --machine): the load APDUs, MAC1
+    /// checked and MAC2 computed by the keystore, the TAC verified, the cash posted.
+    Recharge(RechargeArgs),
+    /// Loads whose card answer was lost, waiting for the card to come back.
+    Pending,
+}
+
+/// `office recharge`.
+#[derive(Debug, Args)]
+pub struct RechargeArgs {
+    /// Card image file.
+    #[arg(long, required_unless_present = "reader")]
+    card: Option<PathBuf>,
+    /// PC/SC reader holding the card, in place of --card.
+    #[arg(long, conflicts_with = "card")]
+    reader: Option<String>,
+    /// Amount in minor units (fen).
+    #[arg(long, required_unless_present = "settle")]
+    amount: Option<i64>,
+    /// Only settle a load left pending by a lost answer (the card's serial decides).
+    #[arg(long, conflicts_with = "amount")]
+    settle: bool,
+    /// Transaction date YYYYMMDD (default: today, UTC).
+    #[arg(long)]
+    date: Option<String>,
+    /// Transaction time HHMMSS (default: now, UTC).
+    #[arg(long)]
+    time: Option<String>,
 }
 
 /// Where the keys go.
@@ -433,6 +463,8 @@ async fn dispatch(a: &OfficeArgs) -> Result<ExitCode> {
                 OfficeCmd::Check => ctx.check().await,
                 OfficeCmd::Audit(c) => ctx.audit(c).await,
                 OfficeCmd::Ledger(c) => ctx.ledger(c).await,
+                OfficeCmd::Recharge(r) => ctx.recharge(r).await,
+                OfficeCmd::Pending => ctx.pending().await,
                 OfficeCmd::Init(_) | OfficeCmd::Status => unreachable!("handled above"),
             }
         }
@@ -472,6 +504,48 @@ fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> 
         }
     }
     Ok(())
+}
+
+fn describe_load(l: &RechargeReceipt) -> String {
+    format!(
+        "loaded {} onto card {}{}: balance {} -> {}, online serial {}, {} {}, at {} by {}, TAC {}{}{}",
+        yuan(l.amount_minor),
+        l.card_number,
+        l.card_type.as_deref().map(|t| format!(" ({t})")).unwrap_or_default(),
+        yuan(l.balance_before_minor),
+        yuan(l.balance_after_minor),
+        l.online_serial,
+        l.date,
+        l.time,
+        l.machine_number,
+        l.operator,
+        l.tac.as_deref().unwrap_or("unknown"),
+        match l.tac_verified {
+            Some(true) => " verified",
+            Some(false) => " DOES NOT VERIFY: report this card",
+            None => "",
+        },
+        if l.recovery.is_some() {
+            " (finished after an interruption)"
+        } else {
+            ""
+        }
+    )
+}
+
+fn describe_resolution(p: &PendingResolution) -> String {
+    match p {
+        PendingResolution::Posted { load } => {
+            format!("an interrupted load had reached the card and is now posted: {}", describe_load(load))
+        }
+        PendingResolution::Cancelled {
+            amount_minor,
+            online_serial,
+        } => format!(
+            "an interrupted load of {} (online serial {online_serial}) never reached the card: cancelled, hand the cash back",
+            yuan(*amount_minor)
+        ),
+    }
 }
 
 fn yuan(minor: i64) -> String {
@@ -1202,6 +1276,91 @@ impl Ctx {
                 self.done(ExitCode::SUCCESS)
             }
         }
+    }
+
+    async fn recharge(self, r: &RechargeArgs) -> Result<ExitCode> {
+        let ks = self.open_keystore()?;
+        let now = TransactionTime::from_unix(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        );
+        let when = TransactionTime::parse(
+            &r.date.clone().unwrap_or_else(|| now.date_string()),
+            &r.time.clone().unwrap_or_else(|| now.time_string()),
+        )?;
+        let mut opened =
+            super::reader::OpenCard::open(r.card.as_deref(), r.reader.as_deref(), "card")?;
+        let channel = opened.channel()?;
+        let mut card = PurseCard::open(channel).map_err(|e| anyhow!(Refused(anyhow!(e))))?;
+        if r.settle {
+            let res = self
+                .office
+                .settle_pending_load(&self.session, &*ks, &mut card)
+                .await
+                .map_err(classify_office)?;
+            print(self.json, &res, || match &res {
+                None => "no load was pending for this card".into(),
+                Some(p) => describe_resolution(p),
+            })?;
+        } else {
+            let amount = r.amount.ok_or_else(|| anyhow!("give --amount"))?;
+            let res = self
+                .office
+                .recharge(
+                    &self.session,
+                    &*ks,
+                    &mut card,
+                    RechargeRequest {
+                        amount_minor: amount,
+                        when,
+                    },
+                )
+                .await
+                .map_err(classify_office)?;
+            print(self.json, &res, || {
+                let mut t = String::new();
+                if let Some(e) = &res.earlier {
+                    t.push_str(&describe_resolution(e));
+                    t.push('\n');
+                }
+                t.push_str(&describe_load(&res.load));
+                t
+            })?;
+            if res.load.tac_verified == Some(false) {
+                drop(card);
+                drop(opened);
+                return self.done(ExitCode::from(1));
+            }
+        }
+        drop(card);
+        drop(opened);
+        self.done(ExitCode::SUCCESS)
+    }
+
+    async fn pending(self) -> Result<ExitCode> {
+        let rows = self.office.pending_loads().await.map_err(classify_office)?;
+        print(self.json, &rows, || {
+            if rows.is_empty() {
+                return "no load is pending".into();
+            }
+            rows.iter()
+                .map(|p| {
+                    format!(
+                        "card {} online serial {} amount {} since {} ({} at {}): present the card (`iccard office recharge --settle`)",
+                        p.application_serial,
+                        p.online_serial,
+                        yuan(p.amount_minor),
+                        when(p.started_at_ms),
+                        p.operator,
+                        p.machine_number
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })?;
+        self.done(ExitCode::SUCCESS)
     }
 
     async fn ledger(self, c: &LedgerCmd) -> Result<ExitCode> {
