@@ -22,8 +22,11 @@
 //! serial ‖ amount ‖ 02 ‖ terminal id ‖ date ‖ time); purchase TAC = MAC(same TAC key, amount ‖
 //! 06 ‖ terminal id ‖ terminal serial ‖ date ‖ time).
 //!
-//! Not done yet: PKCS#11 (`cryptoki` on SoftHSM2), a passphrase prompt (callers pass the
-//! passphrase or name the environment variable), key export under a transport key.
+//! A third implementation, [`crate::pkcs11::Pkcs11Keystore`], keeps the master keys in a PKCS#11
+//! token (3DES generation only).
+//!
+//! Not done yet: a passphrase prompt (callers pass the passphrase or name the environment
+//! variable), key export under a transport key.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -148,6 +151,31 @@ pub enum KeystoreError {
     /// The operating system's random generator failed.
     #[error("random generator failed: {0}")]
     Random(String),
+    /// A PKCS#11 call failed: the function and its return value (never a key or a PIN).
+    #[error("PKCS#11 token: {0}")]
+    Token(String),
+    /// No initialized token carries this label in the PKCS#11 module.
+    #[error("no PKCS#11 token labelled {label:?} in module {module}: check the label (softhsm2-util --show-slots, pkcs11-tool -L)")]
+    TokenNotFound {
+        /// The label asked for.
+        label: String,
+        /// The module searched.
+        module: PathBuf,
+    },
+    /// The token refused the user PIN.
+    #[error("the user PIN of PKCS#11 token {label:?} was refused")]
+    WrongPin {
+        /// The token's label.
+        label: String,
+    },
+    /// A key generation this keystore cannot hold or use.
+    #[error("{alg} keys are not supported by this keystore: {why}")]
+    AlgUnsupported {
+        /// The refused generation.
+        alg: PurseAlg,
+        /// Why.
+        why: &'static str,
+    },
 }
 
 /// Result with [`KeystoreError`].
@@ -409,6 +437,22 @@ pub trait Keystore {
     fn activate(&mut self, name: &str, version: u8, operator: &str) -> KsResult<()>;
     /// Makes a key unusable for good; logs `retired`.
     fn retire(&mut self, name: &str, version: u8, operator: &str) -> KsResult<()>;
+    /// The card key `diversify(master name version, alg, data)` that personalization writes to
+    /// a card (under secure messaging, encrypted under the card's own keys). Only card keys
+    /// leave, never a master key; the master must be active.
+    fn card_key(
+        &self,
+        name: &str,
+        version: u8,
+        alg: PurseAlg,
+        data: &[u8; 8],
+    ) -> KsResult<Zeroizing<[u8; 16]>> {
+        let _ = (name, version, alg, data);
+        Err(KeystoreError::Invalid {
+            what: "card key",
+            why: "this keystore does not diversify card keys for personalization".into(),
+        })
+    }
     /// Every key: name, version, state, KCV (never the value), by name then version.
     fn list(&self) -> Vec<KeyInfo>;
     /// The key ceremony log, oldest first.
@@ -536,6 +580,19 @@ impl Keystore for DevKeystore {
     fn verify_tac(&self, card: &CardKey, input: &TacInput, tac: &[u8; 4]) -> KsResult<bool> {
         Ok(tac_ok(self.key(MTK, card.key_version)?, card, input, tac))
     }
+    fn card_key(
+        &self,
+        name: &str,
+        version: u8,
+        alg: PurseAlg,
+        data: &[u8; 8],
+    ) -> KsResult<Zeroizing<[u8; 16]>> {
+        Ok(Zeroizing::new(*diversify(
+            alg,
+            self.key(name, version)?,
+            data,
+        )))
+    }
     fn generate(&mut self, _: &str, _: PurseAlg, _: &str) -> KsResult<KeyInfo> {
         Err(KeystoreError::DevKeysFixed { what: "generate" })
     }
@@ -584,6 +641,11 @@ impl Passphrase {
     /// A passphrase the caller holds.
     pub fn new(p: impl Into<String>) -> Self {
         Self(Zeroizing::new(p.into()))
+    }
+
+    /// The secret itself, for a module that must hand it on (a PKCS#11 user PIN).
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
     }
 
     /// The passphrase in environment variable `var`.
@@ -977,6 +1039,19 @@ impl Keystore for LocalKeystore {
     fn verify_tac(&self, card: &CardKey, input: &TacInput, tac: &[u8; 4]) -> KsResult<bool> {
         let mtk = self.active(MTK, card.key_version, card.alg)?;
         Ok(tac_ok(mtk, card, input, tac))
+    }
+    fn card_key(
+        &self,
+        name: &str,
+        version: u8,
+        alg: PurseAlg,
+        data: &[u8; 8],
+    ) -> KsResult<Zeroizing<[u8; 16]>> {
+        Ok(Zeroizing::new(*diversify(
+            alg,
+            self.active(name, version, alg)?,
+            data,
+        )))
     }
     fn generate(&mut self, name: &str, alg: PurseAlg, operator: &str) -> KsResult<KeyInfo> {
         let last = self
