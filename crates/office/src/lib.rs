@@ -70,6 +70,7 @@ pub mod config;
 pub mod error;
 pub mod keystore;
 pub mod ledger;
+pub mod losslist;
 pub mod machines;
 pub mod manufacture;
 pub mod office;

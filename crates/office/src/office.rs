@@ -780,6 +780,7 @@ impl Office {
             let op = self
                 .record_operation(&mut tx, s, "open_card", at, Some(card_id), Some(total))
                 .await?;
+            crate::losslist::insert_active(&mut tx, card_id, at).await?;
             let card = ledger::card(&mut tx, &req.application_serial).await?;
             ledger::card_history(&mut tx, &card, op, at, "opened").await?;
             if total > 0 {

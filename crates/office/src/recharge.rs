@@ -462,6 +462,15 @@ impl Office {
                 });
             }
             let card = ledger::card(&mut tx, &serial).await?;
+            let status = crate::losslist::status(&mut tx, card.id).await?;
+            // A pending load is settled whatever the status (the money may be on the card).
+            if amount_minor.is_some() && status != crate::losslist::CardStatus::Active {
+                return Err(OfficeError::CardStatus {
+                    application_serial: serial.clone(),
+                    status: status.as_str(),
+                    needed: "active",
+                });
+            }
             let product: Option<(String, i64)> = tx
                 .fetch_optional(
                     "SELECT p.code, v.max_balance_minor FROM inventory_cards i \

@@ -49,6 +49,7 @@ on_both!(
     refusals_change_nothing,
     a_lost_answer_is_settled_from_the_cards_serial,
     a_lost_command_is_cancelled_and_the_card_loads_again,
+    the_loss_list_blocks_recharges_and_versions_every_change,
 );
 
 const CARD: &str = "31000000000000000042";
@@ -387,5 +388,92 @@ async fn a_lost_command_is_cancelled_and_the_card_loads_again(store: Store) {
     )
     .await;
     assert_eq!(cancelled, 1);
+    clean(&w).await;
+}
+
+async fn the_loss_list_blocks_recharges_and_versions_every_change(store: Store) {
+    let w = world(store.clone()).await;
+    with_account(&w).await;
+    let keys = dev_keys();
+    let mut card = PurseCard::open(our_card(7)).unwrap();
+    let go = RechargeRequest {
+        amount_minor: 500,
+        when: when("160000"),
+    };
+    // Only the counter staff report losses.
+    let err = w
+        .office
+        .report_loss(&w.recharge_clerk, CARD, "holder called")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OfficeError::Denied { .. }), "{err}");
+    for bad in ["", "line\nbreak"] {
+        let err = w
+            .office
+            .report_loss(&w.issuer_clerk, CARD, bad)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, OfficeError::Invalid { .. }), "{bad:?}: {err}");
+    }
+    let e1 = w
+        .office
+        .report_loss(&w.issuer_clerk, CARD, "holder called at 15:55")
+        .await
+        .unwrap();
+    assert_eq!((e1.version, e1.action.as_str()), (1, "add"));
+    assert_eq!(
+        w.office.card_status(CARD).await.unwrap(),
+        iccard_office::losslist::CardStatus::Lost
+    );
+    let err = w
+        .office
+        .report_loss(&w.issuer_clerk, CARD, "twice")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OfficeError::CardStatus { .. }), "{err}");
+    // A lost card is not recharged; the card is untouched.
+    let err = w
+        .office
+        .recharge(&w.recharge_clerk, &keys, &mut card, go)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OfficeError::CardStatus { .. }), "{err}");
+    assert_eq!(w.office.loss_list().await.unwrap(), [CARD.to_string()]);
+    // Found again: withdrawn, a new version; a terminal at version 1 gets only that change.
+    let e2 = w
+        .office
+        .withdraw_loss(&w.issuer_clerk, CARD, "found in the car")
+        .await
+        .unwrap();
+    assert_eq!((e2.version, e2.action.as_str()), (2, "remove"));
+    let delta = w.office.loss_list_since(1).await.unwrap();
+    assert_eq!((delta.from_version, delta.to_version), (1, 2));
+    assert_eq!(delta.changes, [e2]);
+    let at_terminal = iccard_office::losslist::apply(&[CARD.to_string()], &delta.changes);
+    assert!(at_terminal.is_empty());
+    assert!(w.office.loss_list().await.unwrap().is_empty());
+    assert!(
+        w.office.loss_list_since(3).await.is_err(),
+        "a version from the future"
+    );
+    let r = w
+        .office
+        .recharge(&w.recharge_clerk, &keys, &mut card, go)
+        .await
+        .unwrap();
+    assert_eq!(r.load.balance_after_minor, 500);
+    // Every status change left a history row.
+    let mut tx = store.read().await.unwrap();
+    let changes: Vec<(String,)> = tx
+        .fetch_all(
+            "SELECT h.change FROM card_history h JOIN cards c ON c.id = h.card_id \
+             WHERE c.application_serial = $1 ORDER BY h.id",
+            &[iccard_office::store::Arg::Text(CARD.into())],
+        )
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let changes: Vec<&str> = changes.iter().map(|(c,)| c.as_str()).collect();
+    assert_eq!(changes, ["opened", "lost", "active", "loaded"]);
     clean(&w).await;
 }
