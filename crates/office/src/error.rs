@@ -69,6 +69,16 @@ pub enum OfficeError {
         /// The issuer identifier the card carries (hex).
         issuer_id: String,
     },
+    /// The card's status does not allow the operation.
+    #[error("card {application_serial} is {status}; this needs a card that is {needed}")]
+    CardStatus {
+        /// The card.
+        application_serial: String,
+        /// Its status.
+        status: &'static str,
+        /// The status the operation needs.
+        needed: &'static str,
+    },
     /// CREDIT FOR LOAD left and its answer was lost: the load stays pending.
     #[error("the answer to CREDIT FOR LOAD from card {application_serial} was lost ({cause}): the load is pending; present the card again (`iccard office recharge --settle`) and the card's own serial will show whether it happened; do not hand the cash back before that")]
     LoadAnswerLost {
@@ -157,6 +167,54 @@ pub enum OfficeError {
     LastAdministrator {
         /// The operator.
         login: String,
+    },
+    /// A chip lot's serial range overlaps one already received.
+    #[error("chip serials {first}..{last} overlap lot {lot_number} ({other_first}..{other_last}): check the first serial and the quantity on the delivery note")]
+    ChipRangeOverlap {
+        /// First serial of the new lot.
+        first: String,
+        /// Last serial of the new lot.
+        last: String,
+        /// The lot already holding some of them.
+        lot_number: String,
+        /// Its first serial.
+        other_first: String,
+        /// Its last serial.
+        other_last: String,
+    },
+    /// More was asked than there is (chips in a lot, card bodies in an order, cards in stock).
+    #[error("{what}: {asked} asked but only {available} left; {hint}")]
+    Insufficient {
+        /// What ran short.
+        what: String,
+        /// How many were asked for.
+        asked: i64,
+        /// How many there are.
+        available: i64,
+        /// What to do.
+        hint: &'static str,
+    },
+    /// A production stage was recorded out of order or twice.
+    #[error("batch {batch_id}: {stage} cannot be recorded now: {why}")]
+    StageOutOfOrder {
+        /// The batch.
+        batch_id: i64,
+        /// The stage asked for.
+        stage: &'static str,
+        /// Where the batch stands and what comes next.
+        why: String,
+    },
+    /// A physical card cannot move from its inventory state to the one asked for.
+    #[error("card {chip_serial} is {from} and cannot become {to} (from {from} it may become: {allowed})")]
+    InventoryTransition {
+        /// The card's chip serial.
+        chip_serial: String,
+        /// Its state.
+        from: &'static str,
+        /// The state asked for.
+        to: &'static str,
+        /// The states it may move to.
+        allowed: String,
     },
     /// Password hashing failed.
     #[error("password hashing failed: {0}")]

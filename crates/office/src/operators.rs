@@ -4,6 +4,13 @@
 //! which [`Action`]s a role may run. It encodes separation of duties: administrators manage
 //! people and machines but move no money, clerks move money but manage nobody, auditors only
 //! read and verify.
+//!
+//! Card products and manufacture belong to administrators: defining and revising products,
+//! receiving chip lots, opening production orders and batches, recording every production stage
+//! and allocating stock to branches and operators. No money moves in any of them, and the
+//! issue's four roles stay four: the production line is run from an office console by an
+//! administrator (the person who manages the issuer's equipment and people already). Clerks and
+//! auditors read products and inventory (reads are not role-gated) but change none of it.
 
 use std::fmt;
 
@@ -18,7 +25,7 @@ use crate::error::{OfficeError, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
-    /// Manages operators, branches and machines.
+    /// Manages operators, branches and machines; defines card products and runs manufacture.
     Administrator,
     /// Issues cards (deposit and card fee).
     IssuanceClerk,
@@ -76,8 +83,18 @@ impl Role {
                     | SettlePurchase
                     | Check
                     | VerifyAudit
+                    | DefineProduct
+                    | ReviseProduct
+                    | ReceiveChipLot
+                    | OpenProductionOrder
+                    | StartProductionBatch
+                    | RecordProductionStage
+                    | AllocateCards
+                    | ReturnCardsToStock
             ),
-            Role::IssuanceClerk => matches!(action, OpenCard),
+            Role::IssuanceClerk => {
+                matches!(action, OpenCard | IssueCard | ReportLoss | WithdrawLoss)
+            }
             Role::RechargeClerk => matches!(action, LoadCard | BankDeposit),
             Role::Auditor => matches!(action, Check | VerifyAudit | ReadLedger),
         }
@@ -120,12 +137,34 @@ pub enum Action {
     SettlePurchase,
     /// A key ceremony step in the keystore (generate, import, activate, retire).
     KeyCeremony,
+    /// Issue a card: personalize a stocked card and open its account.
+    IssueCard,
+    /// Report a card lost (loss list).
+    ReportLoss,
+    /// Withdraw a loss report.
+    WithdrawLoss,
     /// Run the consistency check.
     Check,
     /// Verify the audit chain.
     VerifyAudit,
     /// Read balances and entries.
     ReadLedger,
+    /// Create a card product (its profile version 1).
+    DefineProduct,
+    /// Change a card product's profile (a new version).
+    ReviseProduct,
+    /// Receive a chip lot from a chip maker.
+    ReceiveChipLot,
+    /// Open a production order for a product from a chip lot.
+    OpenProductionOrder,
+    /// Start a production batch of an order.
+    StartProductionBatch,
+    /// Record a production stage of a batch (printing, coding, …, testing).
+    RecordProductionStage,
+    /// Allocate cards in stock to a branch or an operator.
+    AllocateCards,
+    /// Take allocated cards back into stock.
+    ReturnCardsToStock,
 }
 
 impl Action {
@@ -145,9 +184,20 @@ impl Action {
             Action::BankDeposit => "bank_deposit",
             Action::SettlePurchase => "settle_purchase",
             Action::KeyCeremony => "key_ceremony",
+            Action::IssueCard => "issue_card",
+            Action::ReportLoss => "report_loss",
+            Action::WithdrawLoss => "withdraw_loss",
             Action::Check => "check",
             Action::VerifyAudit => "verify_audit",
             Action::ReadLedger => "read_ledger",
+            Action::DefineProduct => "define_product",
+            Action::ReviseProduct => "revise_product",
+            Action::ReceiveChipLot => "receive_chip_lot",
+            Action::OpenProductionOrder => "open_production_order",
+            Action::StartProductionBatch => "start_production_batch",
+            Action::RecordProductionStage => "record_production_stage",
+            Action::AllocateCards => "allocate_cards",
+            Action::ReturnCardsToStock => "return_cards_to_stock",
         }
     }
 }
