@@ -69,6 +69,7 @@ pub mod check;
 pub mod config;
 pub mod error;
 pub mod keystore;
+pub mod issuance;
 pub mod ledger;
 pub mod losslist;
 pub mod machines;

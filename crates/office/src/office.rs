@@ -306,6 +306,26 @@ impl Office {
         Ok(Office { store, clock })
     }
 
+    /// Commits a `failed` audit record for `action` on its own and returns `err`: for
+    /// refusals that come after the operation's checks (a card that refused, a lost answer).
+    pub(crate) async fn refuse<T>(
+        &self,
+        s: &Session,
+        action: Action,
+        subject: &str,
+        err: OfficeError,
+    ) -> Result<T> {
+        let at = self.now_ms();
+        let mut tx = self.store.write().await?;
+        audit::append(
+            &mut tx,
+            &self.draft(s, action, subject, at, Outcome::Failed, err.to_string()),
+        )
+        .await?;
+        tx.commit().await?;
+        Err(err)
+    }
+
     /// The office clock's current time, ms since the epoch.
     pub(crate) fn now_ms(&self) -> i64 {
         (self.clock)()
@@ -753,55 +773,70 @@ impl Office {
         let subject = format!("card {}", req.application_serial);
         let (mut tx, at) = self.begin(s, Action::OpenCard, &subject).await?;
         let result = async {
-            validate_application_serial(&req.application_serial)?;
-            validate_amount("deposit", req.deposit_minor, true)?;
-            validate_amount("card fee", req.fee_minor, true)?;
-            let total = req
-                .deposit_minor
-                .checked_add(req.fee_minor)
-                .ok_or_else(|| overflow("deposit + fee"))?;
             let rp = self
                 .require_machine(&mut tx, s, MachineKind::RechargePoint)
                 .await?;
-            if ledger::card(&mut tx, &req.application_serial).await.is_ok() {
-                return Err(OfficeError::Duplicate {
-                    what: "card",
-                    key: req.application_serial.clone(),
-                });
-            }
-            let card_id = tx.next_id("card").await?;
-            tx.execute(
-                "INSERT INTO cards (id, application_serial, state, balance_minor, deposit_minor, \
-                 online_serial, offline_serial, proven_balance_minor, proven_at_ms, opened_at_ms, \
-                 updated_at_ms) VALUES ($1, $2, 'active', 0, $3, 0, 0, 0, $4, $4, $4)",
-                &args![card_id, &req.application_serial, req.deposit_minor, at],
-            )
-            .await?;
-            let op = self
-                .record_operation(&mut tx, s, "open_card", at, Some(card_id), Some(total))
-                .await?;
-            crate::losslist::insert_active(&mut tx, card_id, at).await?;
-            let card = ledger::card(&mut tx, &req.application_serial).await?;
-            ledger::card_history(&mut tx, &card, op, at, "opened").await?;
-            if total > 0 {
-                let mut lines = vec![LineSpec::debit(
-                    ledger::cash_account_code(&rp.machine_number),
-                    total,
-                )];
-                if req.deposit_minor > 0 {
-                    lines.push(LineSpec::credit(ledger::DEPOSITS_HELD, req.deposit_minor));
-                }
-                if req.fee_minor > 0 {
-                    lines.push(LineSpec::credit(ledger::CARD_FEE_INCOME, req.fee_minor));
-                }
-                ledger::post_entry(&mut tx, op, at, "card issued", &lines).await?;
-            }
+            let (card, _) = self.open_card_in(&mut tx, s, at, &rp, &req).await?;
             let detail = format!("deposit {}, fee {}", req.deposit_minor, req.fee_minor);
             Ok((card, detail))
         }
         .await;
         self.finish(s, Action::OpenCard, &subject, at, tx, result)
             .await
+    }
+
+    /// Opens a card's shadow account inside the caller's transaction at recharge point `rp`:
+    /// the account, its status, its history row, and the cash taken for deposit and fee (Dr
+    /// cash / Cr deposits held + card fee income). Returns the account and the operation id.
+    pub(crate) async fn open_card_in(
+        &self,
+        tx: &mut Tx,
+        s: &Session,
+        at: i64,
+        rp: &Machine,
+        req: &OpenCard,
+    ) -> Result<(CardAccount, i64)> {
+        validate_application_serial(&req.application_serial)?;
+        validate_amount("deposit", req.deposit_minor, true)?;
+        validate_amount("card fee", req.fee_minor, true)?;
+        let total = req
+            .deposit_minor
+            .checked_add(req.fee_minor)
+            .ok_or_else(|| overflow("deposit + fee"))?;
+        if ledger::card(tx, &req.application_serial).await.is_ok() {
+            return Err(OfficeError::Duplicate {
+                what: "card",
+                key: req.application_serial.clone(),
+            });
+        }
+        let card_id = tx.next_id("card").await?;
+        tx.execute(
+            "INSERT INTO cards (id, application_serial, state, balance_minor, deposit_minor, \
+             online_serial, offline_serial, proven_balance_minor, proven_at_ms, opened_at_ms, \
+             updated_at_ms) VALUES ($1, $2, 'active', 0, $3, 0, 0, 0, $4, $4, $4)",
+            &args![card_id, &req.application_serial, req.deposit_minor, at],
+        )
+        .await?;
+        let op = self
+            .record_operation(tx, s, "open_card", at, Some(card_id), Some(total))
+            .await?;
+        crate::losslist::insert_active(tx, card_id, at).await?;
+        let card = ledger::card(tx, &req.application_serial).await?;
+        ledger::card_history(tx, &card, op, at, "opened").await?;
+        if total > 0 {
+            let mut lines = vec![LineSpec::debit(
+                ledger::cash_account_code(&rp.machine_number),
+                total,
+            )];
+            if req.deposit_minor > 0 {
+                lines.push(LineSpec::credit(ledger::DEPOSITS_HELD, req.deposit_minor));
+            }
+            if req.fee_minor > 0 {
+                lines.push(LineSpec::credit(ledger::CARD_FEE_INCOME, req.fee_minor));
+            }
+            ledger::post_entry(tx, op, at, "card issued", &lines).await?;
+        }
+        Ok((card, op))
     }
 
     /// Loads a card against cash: checks the card's online serial against the shadow account,

@@ -279,7 +279,7 @@ impl Pkcs11Keystore {
 
     /// The card's key diversified in the token from the active master key `name`:
     /// `3DES-ECB(master, D ‖ NOT D)`.
-    fn card_key(&self, name: &str, card: &CardKey) -> KsResult<Zeroizing<[u8; 16]>> {
+    fn diversified(&self, name: &str, card: &CardKey) -> KsResult<Zeroizing<[u8; 16]>> {
         refuse_sm4(card.alg)?;
         self.check_active(name, card.key_version, card.alg)?;
         let session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
@@ -312,7 +312,7 @@ impl Pkcs11Keystore {
 
     /// The load session key (single DES) of this load.
     fn seslk(&self, load: &LoadRequest) -> KsResult<iccard_crypto::SessionKey> {
-        let dlk = self.card_key(MLK, &load.card)?;
+        let dlk = self.diversified(MLK, &load.card)?;
         Ok(session_key(load.card.alg, &dlk, &load.session_input()))
     }
 
@@ -448,6 +448,22 @@ impl Pkcs11Keystore {
 }
 
 impl Keystore for Pkcs11Keystore {
+    fn card_key(
+        &self,
+        name: &str,
+        version: u8,
+        alg: PurseAlg,
+        data: &[u8; 8],
+    ) -> KsResult<Zeroizing<[u8; 16]>> {
+        self.diversified(
+            name,
+            &CardKey {
+                diversifier: *data,
+                key_version: version,
+                alg,
+            },
+        )
+    }
     fn load_mac1_ok(&self, load: &LoadRequest, mac1: &[u8; 4]) -> KsResult<bool> {
         let expected = pboc_mac(&self.seslk(load)?, &load.mac1_input());
         Ok(ct_eq(&expected, mac1))
@@ -458,7 +474,7 @@ impl Keystore for Pkcs11Keystore {
     }
 
     fn verify_tac(&self, card: &CardKey, input: &TacInput, tac: &[u8; 4]) -> KsResult<bool> {
-        let dtk = self.card_key(MTK, card)?;
+        let dtk = self.diversified(MTK, card)?;
         let expected = pboc_mac(&tac_key(card.alg, &dtk), &input.bytes());
         Ok(ct_eq(&expected, tac))
     }

@@ -34,7 +34,6 @@ use iccard_terminal::{
 use serde::Serialize;
 
 use crate::args;
-use crate::audit::{self, Outcome};
 use crate::error::{OfficeError, Result};
 use crate::keystore::{CardKey, Keystore, LoadRequest, TacInput};
 use crate::ledger::{self, CardAccount, LineSpec};
@@ -285,6 +284,7 @@ impl Office {
                 return self
                     .refuse(
                         s,
+                        Action::LoadCard,
                         &subject,
                         OfficeError::AmountOutOfRange(format!(
                             "the card would hold {after}, above its product's maximum balance {max}"
@@ -301,13 +301,18 @@ impl Office {
         })?;
         let prepared = match rc.prepare(card, amount, &req.when) {
             Ok(p) => p,
-            Err(e) => return self.refuse(s, &subject, card_error(e)).await,
+            Err(e) => {
+                return self
+                    .refuse(s, Action::LoadCard, &subject, card_error(e))
+                    .await
+            }
         };
         let online_serial = i64::from(prepared.pending.serial);
         if online_serial != account.online_serial {
             return self
                 .refuse(
                     s,
+                    Action::LoadCard,
                     &subject,
                     OfficeError::OnlineSerialMismatch {
                         application_serial: serial,
@@ -341,14 +346,15 @@ impl Office {
                 )
                 .await?;
                 tx.commit().await?;
-                self.refuse(s, &subject, card_error(e)).await
+                self.refuse(s, Action::LoadCard, &subject, card_error(e))
+                    .await
             }
             Err(e) => {
                 let err = OfficeError::LoadAnswerLost {
                     application_serial: serial.clone(),
                     cause: e.to_string(),
                 };
-                self.refuse(s, &subject, err).await
+                self.refuse(s, Action::LoadCard, &subject, err).await
             }
         }
     }
@@ -408,26 +414,6 @@ impl Office {
                 },
             )
             .collect())
-    }
-
-    /// Commits a refusal's audit record (`failed`) and returns the error.
-    async fn refuse<T>(&self, s: &Session, subject: &str, err: OfficeError) -> Result<T> {
-        let at = self.now_ms();
-        let mut tx = self.store().write().await?;
-        audit::append(
-            &mut tx,
-            &self.draft(
-                s,
-                Action::LoadCard,
-                subject,
-                at,
-                Outcome::Failed,
-                err.to_string(),
-            ),
-        )
-        .await?;
-        tx.commit().await?;
-        Err(err)
     }
 
     async fn recharge_checks<C: CardChannel>(

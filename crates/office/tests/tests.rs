@@ -6,6 +6,7 @@
 mod concurrency;
 mod conformance;
 mod crash;
+mod issuance;
 mod keystore;
 mod lifecycle;
 mod pkcs11;
