@@ -1787,7 +1787,12 @@ impl Office {
                 let (to, reason) = match failure {
                     None => (InventoryState::InStock, "functional test passed".to_string()),
                     Some(why) => {
-                        let mut r = format!("testing: {why}");
+                        // The reason comes from the card's answers: keep it one short line.
+                        let line: String = format!("testing: {why}")
+                            .chars()
+                            .map(|c| if c.is_control() { ' ' } else { c })
+                            .collect();
+                        let mut r = line.trim().to_string();
                         if r.chars().count() > 200 {
                             r = r.chars().take(197).collect::<String>() + "...";
                         }

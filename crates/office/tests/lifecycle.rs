@@ -1373,8 +1373,13 @@ async fn coding_and_testing_results_must_match_the_batch(store: Store) {
         assert!(err.to_string().contains(why), "{why}: {err}");
     }
     assert_eq!(snapshot(&store).await, before);
-    // Card 1's report is swapped with card 2's: both pass the test, but each reports the
-    // other's chip serial, so both are voided.
+    // Card 1 carries card 2's report: it passes the test but reports another chip serial.
+    // Card 2's report failed with a long, multi-line detail: the void reason is one line of
+    // at most 200 characters.
+    let mut long_failure = report_for(2);
+    let last = long_failure.steps.last_mut().unwrap();
+    last.passed = false;
+    last.detail = format!("first line\nsecond line {}", "x".repeat(300));
     w.office
         .record_testing(
             &w.admin,
@@ -1383,11 +1388,29 @@ async fn coding_and_testing_results_must_match_the_batch(store: Store) {
             &[
                 tested("4943000000001000", 0),
                 tested("4943000000001001", 2),
-                tested("4943000000001002", 1),
+                TestedCard {
+                    chip_serial: "4943000000001002".into(),
+                    report: long_failure,
+                },
             ],
         )
         .await
         .unwrap();
+    let reason = w
+        .office
+        .inventory_card("4943000000001002")
+        .await
+        .unwrap()
+        .void_reason
+        .unwrap();
+    assert!(
+        reason.starts_with("testing: EXTERNAL AUTHENTICATE: first line second line xxx"),
+        "{reason}"
+    );
+    assert!(
+        reason.ends_with("...") && reason.chars().count() == 200,
+        "{reason}"
+    );
     let card = w.office.inventory_card("4943000000001001").await.unwrap();
     assert_eq!(card.state, InventoryState::Void);
     assert_eq!(
