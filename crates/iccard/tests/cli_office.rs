@@ -64,10 +64,10 @@ fn fails(office: &Path, env: &[(&str, &str)], args: &[&str], code: i32) -> Strin
     err
 }
 
-fn audit_len(office: &Path) -> usize {
+fn audit_len(office: &Path, env: &[(&str, &str)]) -> usize {
     json(
         office,
-        &[],
+        env,
         &["--operator", "root", "audit", "show", "--limit", "100000"],
     )
     .as_array()
@@ -180,7 +180,7 @@ fn scenario(office: &Path, env: &[(&str, &str)]) {
 
     // A recharge clerk may not run a key ceremony: exit 1, the refusal audited, no key made.
     let clerk = [env, &[("ICCARD_OPERATOR_PASSWORD", "clerk-password-1")]].concat();
-    let before = audit_len(office);
+    let before = audit_len(office, env);
     let err = fails(
         office,
         &clerk,
@@ -197,7 +197,7 @@ fn scenario(office: &Path, env: &[(&str, &str)]) {
     );
     assert!(err.contains("rita") && err.contains("may not"), "{err}");
     // login + denied
-    assert_eq!(audit_len(office), before + 2 + 1);
+    assert_eq!(audit_len(office, env), before + 2 + 1);
     let keys = json(office, env, &root(&["key", "list"]));
     assert!(keys.as_array().unwrap().is_empty(), "{keys}");
 
@@ -489,4 +489,63 @@ fn refusals_change_nothing() {
     std::fs::write(&path, text).unwrap();
     let err = fails(&office, &[], &["check"], 2);
     assert!(err.contains("--operator"), "{err}");
+}
+
+#[test]
+fn the_demo_runs_the_life_cycle_and_leaves_a_clean_office() {
+    let dir = tempfile::tempdir().unwrap();
+    let office = dir.path().join("demo");
+    let out = Command::new(env!("CARGO_BIN_EXE_iccard"))
+        .args(["demo", "--dir"])
+        .arg(&office)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for stage in [
+        "Back office",
+        "Manufacture",
+        "testing",
+        "FAILED, voided",
+        "Issuance",
+        "first recharge",
+        "purchase 12.34 offline",
+        "settled",
+        "recharge refused",
+        "verdict: clean",
+    ] {
+        assert!(
+            text.contains(stage),
+            "the demo does not show {stage:?}:\n{text}"
+        );
+    }
+    // The office it leaves is a working office: check through the command line.
+    let r = json(
+        &office,
+        &[("ICCARD_OPERATOR_PASSWORD", "demo-password")],
+        &["--operator", "audrey", "check"],
+    );
+    assert_eq!(r["problems"].as_array().unwrap().len(), 0, "{r}");
+    assert_eq!(r["cards"], 2);
+    // A non-empty directory is refused (the demo makes a new office).
+    let out = Command::new(env!("CARGO_BIN_EXE_iccard"))
+        .args(["demo", "--dir"])
+        .arg(&office)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    // The card-OS tour still runs.
+    let out = Command::new(env!("CARGO_BIN_EXE_iccard"))
+        .args(["demo", "--card-os"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -1,4 +1,5 @@
-//! `iccard demo`: the main job. A blank card is manufactured, personalized through the real
+//! `iccard demo`: the main job, the issuer's life cycle (`super::lifecycle`); with `--card-os`
+//! the card-OS tour: a blank card is manufactured, personalized through the real
 //! APDU script with the development keys, then used: PIN tries, a terminal authenticating to
 //! read access rights, secure-messaging updates, the access log, and the card's self-locking.
 
@@ -22,9 +23,13 @@ pub struct DemoArgs {
     /// Card number to personalize.
     #[arg(long, default_value = "8860000000000001")]
     card_number: String,
-    /// Key algorithm of the applications.
+    /// Key algorithm of the applications (card-OS demo).
     #[arg(long, value_parser = ["3des", "sm4"], default_value = "3des")]
     alg: String,
+    /// Run the card-OS demo instead (one card: PIN tries, access terminal, secure messaging,
+    /// self-locking, a PSAM, a recharge and a purchase without a back office).
+    #[arg(long)]
+    card_os: bool,
 }
 
 struct Shown<'a> {
@@ -54,7 +59,7 @@ impl Shown<'_> {
     }
 }
 
-/// Runs the demo.
+/// Runs the demo: the issuer's life cycle, or with `--card-os` the card-OS tour.
 pub fn run(a: &DemoArgs) -> Result<()> {
     let tmp;
     let dir = match &a.dir {
@@ -67,6 +72,18 @@ pub fn run(a: &DemoArgs) -> Result<()> {
             tmp.path().to_path_buf()
         }
     };
+    if !a.card_os {
+        if std::fs::read_dir(&dir)?.next().is_some() {
+            bail!(
+                "{} is not empty: the demo creates a new back office there; give an empty or new --dir",
+                dir.display()
+            );
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        return rt.block_on(super::lifecycle::run(&dir, a.dir.is_some()));
+    }
     let alg = if a.alg == "sm4" {
         PurseAlg::Sm4
     } else {

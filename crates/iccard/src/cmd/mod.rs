@@ -2,6 +2,7 @@
 pub mod card;
 pub mod crypto;
 pub mod demo;
+pub mod lifecycle;
 pub mod office;
 pub mod perso;
 pub mod psam;
