@@ -145,6 +145,7 @@ pub async fn check(store: &Store) -> Result<CheckReport> {
             b.seq, b.reason
         ));
     }
+    problems.extend(crate::manufacture::check_inventory(&mut tx).await?);
     tx.rollback().await?;
     Ok(CheckReport {
         dialect: store.dialect(),

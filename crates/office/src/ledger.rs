@@ -334,7 +334,8 @@ pub struct CardAccount {
     pub deposit_minor: i64,
     /// The card's online (load) serial as last known.
     pub online_serial: i64,
-    /// The last settled offline (purchase) serial.
+    /// The next offline (purchase) serial the card will use: one past the last settled
+    /// purchase (0 before any).
     pub offline_serial: i64,
     /// The last balance the card itself reported.
     pub proven_balance_minor: i64,

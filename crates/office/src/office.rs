@@ -944,11 +944,13 @@ impl Office {
                 });
             }
             let mut card = ledger::card(&mut tx, &req.application_serial).await?;
-            if req.offline_serial <= card.offline_serial {
+            // The shadow account's offline serial is the next one the card will use (like its
+            // online serial): the card's first purchase uses 0.
+            if req.offline_serial < card.offline_serial {
                 return Err(OfficeError::OfflineSerialSettled {
                     application_serial: card.application_serial.clone(),
                     offline_serial: req.offline_serial,
-                    last: card.offline_serial,
+                    last: card.offline_serial - 1,
                 });
             }
             card.balance_minor = card
@@ -960,7 +962,10 @@ impl Office {
                     balance_minor: card.balance_minor,
                     amount_minor: req.amount_minor,
                 })?;
-            card.offline_serial = req.offline_serial;
+            card.offline_serial = req
+                .offline_serial
+                .checked_add(1)
+                .ok_or_else(|| overflow("offline serial"))?;
             let op = self
                 .record_operation(&mut tx, s, "settle_purchase", at, Some(card.id), Some(req.amount_minor))
                 .await?;

@@ -387,7 +387,7 @@ async fn money_flow_posts_balanced_entries_and_history(store: Store) {
         )
         .await
         .unwrap();
-    assert_eq!((after.balance_minor, after.offline_serial), (12_000, 1));
+    assert_eq!((after.balance_minor, after.offline_serial), (12_000, 2));
     w.office
         .bank_deposit(&w.recharge_clerk, 16_000)
         .await
@@ -421,7 +421,7 @@ async fn money_flow_posts_balanced_entries_and_history(store: Store) {
             ("opened", 0, 0, 0),
             ("loaded", 10_000, 1, 0),
             ("loaded", 15_000, 2, 0),
-            ("purchase_settled", 12_000, 2, 1)
+            ("purchase_settled", 12_000, 2, 2)
         ]
     );
     // Every operation names its operator and machine.

@@ -709,7 +709,8 @@ fn check_nothing_half_applied(s: &Snapshot) -> Result<i64, String> {
     for (card, amount, offline) in s.purchases.values() {
         let e = per_card.entry(*card).or_default();
         e.0 -= amount;
-        e.2 = e.2.max(*offline);
+        // The shadow holds the next offline serial the card will use.
+        e.2 = e.2.max(*offline + 1);
     }
     for c in &s.cards {
         let (balance, mut serials, offline) = per_card.remove(&c.id).unwrap_or_default();
@@ -728,7 +729,7 @@ fn check_nothing_half_applied(s: &Snapshot) -> Result<i64, String> {
         );
         ensure!(
             c.offline_serial == offline,
-            "card {} offline serial {} but its last settled purchase is {offline}",
+            "card {} next offline serial {} but its settled purchases say {offline}",
             c.application_serial,
             c.offline_serial
         );

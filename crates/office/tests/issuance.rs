@@ -457,8 +457,7 @@ async fn an_interrupted_personalization_resumes_or_rolls_back(store: Store) {
         .office
         .issue_card(&w.issuer_clerk, &ks, &mut card, &request(holder()))
         .await
-        .err()
-        .expect("the lost answer stops the issuance");
+        .expect_err("the lost answer stops the issuance");
     assert!(err.to_string().contains("present the card again"), "{err}");
     assert_eq!(count(&store, open).await, 1);
     assert_eq!(
