@@ -549,3 +549,137 @@ fn the_demo_runs_the_life_cycle_and_leaves_a_clean_office() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn office_cli_with_keys_in_a_pkcs11_token() {
+    let Ok(conf) = std::env::var("SOFTHSM2_CONF") else {
+        assert!(
+            std::env::var("ICCARD_TEST_REQUIRE_SOFTHSM").as_deref() != Ok("1"),
+            "ICCARD_TEST_REQUIRE_SOFTHSM=1 but SOFTHSM2_CONF is unset"
+        );
+        eprintln!("skipped: SOFTHSM2_CONF is unset (scripts/test sets it)");
+        return;
+    };
+    // A token of our own, initialized the way an HSM administrator does it.
+    let label = format!("iccard-cli-{}", std::process::id());
+    let out = Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", &conf)
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            &label,
+            "--so-pin",
+            "5678",
+            "--pin",
+            "24680",
+        ])
+        .output()
+        .expect("softhsm2-util runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let office = dir.path().join("hsm");
+    let env = [
+        ("SOFTHSM2_CONF", conf.as_str()),
+        ("ICCARD_PKCS11_PIN", "24680"),
+    ];
+    let v = json(
+        &office,
+        &env,
+        &[
+            "init",
+            "--issuer-number",
+            "31000001",
+            "--production",
+            "--admin",
+            "root",
+            "--keystore",
+            "pkcs11",
+            "--token-label",
+            &label,
+        ],
+    );
+    assert!(v["keystore"].as_str().unwrap().contains(&label), "{v}");
+    assert!(
+        !office.join("keys.iks").exists(),
+        "no key file: the keys live in the token"
+    );
+    // A wrong PIN: exit 1, nothing opened.
+    let err = fails(
+        &office,
+        &[
+            ("SOFTHSM2_CONF", conf.as_str()),
+            ("ICCARD_PKCS11_PIN", "11111"),
+        ],
+        &["--operator", "root", "key", "list"],
+        1,
+    );
+    assert!(!err.contains("11111"), "the PIN leaked into {err}");
+    // The ceremony in the token: generate and activate MLK; import MTK with its KCV.
+    let k = json(
+        &office,
+        &env,
+        &["--operator", "root", "key", "generate", "MLK"],
+    );
+    assert_eq!(
+        (k["version"].as_i64(), k["state"].as_str()),
+        (Some(1), Some("inactive"))
+    );
+    ok(
+        &office,
+        &env,
+        &["--operator", "root", "key", "activate", "MLK", "1"],
+    );
+    let value = "0123456789ABCDEFFEDCBA9876543210";
+    let kcv = iccard_crypto::kcv(
+        iccard_crypto::PurseAlg::TripleDes.key_cipher(),
+        &hex::decode(value).unwrap(),
+    )
+    .map(hex::encode_upper)
+    .unwrap();
+    let with_value = [env.as_slice(), &[("ICCARD_KEY_VALUE", value)]].concat();
+    let k = json(
+        &office,
+        &with_value,
+        &[
+            "--operator",
+            "root",
+            "key",
+            "import",
+            "MTK",
+            "--version",
+            "1",
+            "--kcv",
+            &kcv,
+        ],
+    );
+    assert_eq!(
+        k["kcv"],
+        kcv.as_str(),
+        "the token's KCV equals the software one"
+    );
+    // SM4 is not offered by the token: refused with the reason.
+    let err = fails(
+        &office,
+        &env,
+        &[
+            "--operator",
+            "root",
+            "key",
+            "generate",
+            "MPK",
+            "--alg",
+            "sm4",
+        ],
+        1,
+    );
+    assert!(err.to_lowercase().contains("sm4"), "{err}");
+    let keys = json(&office, &env, &["--operator", "root", "key", "list"]);
+    assert_eq!(keys.as_array().unwrap().len(), 2, "{keys}");
+    let log = json(&office, &env, &["--operator", "root", "key", "log"]);
+    assert_eq!(log.as_array().unwrap().len(), 3, "{log}");
+}
