@@ -5,8 +5,18 @@
 //! the money is (the double-entry [`ledger`]), and a tamper-evident record of everything that
 //! was done ([`audit`]). [`Office`] is the façade every caller (CLI, console, settlement) uses.
 //! The issuer's purse keys sit behind [`keystore::Keystore`]: an encrypted local keystore file
-//! with key versions and a key ceremony log, or the development key set (development mode
-//! only); both compute MAC1/MAC2/TAC checks without ever handing out a master key.
+//! with key versions and a key ceremony log, a PKCS#11 token ([`pkcs11`], tested on SoftHSM2),
+//! or the development key set (development mode only); all compute MAC1/MAC2/TAC checks and
+//! give card keys for personalization without ever handing out a master key. [`config`] is the
+//! office directory's `office.toml` (no secrets; development keys refused in production).
+//!
+//! The card life cycle runs on real cards through `iccard_link::CardChannel`: [`products`]
+//! (versioned personalization profiles) and [`manufacture`] (chip lots, production batches
+//! through printing, coding, bronzing, packaging, gluing and testing, the card inventory with
+//! one transition table), [`issuance`] (a stocked card personalized with keystore keys, its
+//! account opened, journaled so an interruption resumes or rolls back), [`recharge`] (the PBOC
+//! load with the keystore, exactly once across lost answers and crashes) and [`losslist`]
+//! (card status, a versioned loss list).
 //!
 //! ## Storage: one code path, two databases
 //!
@@ -38,30 +48,35 @@
 //! owed to card holders), `deposits_held`, `refunds_payable`, `merchant_payable` (liabilities),
 //! `card_fee_income` (income). Postings so far: issuance Dr cash / Cr deposits held + card fee
 //! income; load Dr cash / Cr float; settled purchase Dr float / Cr merchant payable; cash to
-//! bank Dr bank / Cr cash.
+//! bank Dr bank / Cr cash. A card's shadow account holds its balance as the float sees it, the
+//! last balance the card proved, and its next online and offline serials.
 //!
 //! ## Roles
 //!
 //! [`operators::Role::permits`] is the one table: administrators manage operators, branches and
-//! machines (and, until the settlement slice, settle purchases); issuance clerks open cards;
-//! recharge clerks load cards and hand cash to the bank; auditors run `check`, verify the audit
-//! chain and read the ledger. Passwords are argon2id PHC strings; a session's role is
+//! machines, run the key ceremony, define card products and run manufacture (chip lots,
+//! production orders and batches, stock allocation), and until the settlement slice settle
+//! purchases; issuance clerks issue cards and take loss reports; recharge clerks load cards and
+//! hand cash to the bank; auditors run `check`, verify the audit chain and read the ledger. Passwords are argon2id PHC strings; a session's role is
 //! re-checked against the database by every operation.
 //!
 //! ## Tests
 //!
-//! `tests/` holds the conformance suite: the same tests on SQLite (a temporary file) and, when
+//! `tests/` holds the conformance suite and the life-cycle suites (products, manufacture,
+//! issuance, recharge, loss list): the same tests on SQLite (a temporary file) and, when
 //! `ICCARD_TEST_POSTGRES_URL` is set, on PostgreSQL (`scripts/postgres-test-setup` starts a
-//! loopback PostgreSQL 15 and prints the URL). The concurrency test spawns the test binary
-//! itself as several OS processes posting loads to the same cards at once.
+//! loopback PostgreSQL 15 and prints the URL); the PKCS#11 keystore against SoftHSM2
+//! (`scripts/softhsm-test-setup`). The concurrency and crash tests spawn the test binary itself
+//! as OS processes: several posting at once, or one killed with SIGKILL at random points.
+//! Benchmarks: `cargo bench -p iccard-office --bench ledger`.
 //!
 //! ## Not done yet (next slices)
 //!
-//! - The keystore over PKCS#11 (`cryptoki` on SoftHSM2); MAC1/MAC2/TAC verification in
-//!   loads and settlement; the `--dev-keys` option wired to [`keystore::DevKeystore::new`].
-//! - The `iccard office init|operator|machine|key|check|audit` command line with `--json`
-//!   (every report type here already derives `Serialize`).
-//! - Settlement proper (TAC verification, counter-gap detection, cases), refunds, loss lists.
+//! - Recycling: replacement with balance transfer after a late-record window, the return of a
+//!   card with an unload on the card and a refund quote, expiry; cash per operator shift and
+//!   daily reports.
+//! - Settlement proper (TAC verification of uploaded purchases, counter gaps, cases).
+//! - Key rotation beyond version 1 in personalization; the holder file written on the card.
 //! - Golden schema tests (a database written by each release still opens).
 
 pub mod audit;

@@ -1,10 +1,10 @@
 //! The back office façade: every business operation, with its role check, its one write
 //! transaction, its history rows, its ledger entry and its audit record.
 //!
-//! Shape of every operation: [`Office::begin`] takes the write lock, re-reads the operator and
+//! Shape of every operation: `Office::begin` takes the write lock, re-reads the operator and
 //! the machine (a role changed or an operator disabled since login takes effect at once) and,
 //! if the role does not permit the action, commits a `denied` audit record and returns the
-//! refusal. Otherwise the operation's body runs in that transaction; [`Office::finish`] appends
+//! refusal. Otherwise the operation's body runs in that transaction; `Office::finish` appends
 //! the `ok` audit record and commits, or rolls everything back and records `failed` in a
 //! transaction of its own.
 
