@@ -69,6 +69,16 @@ pub enum OfficeError {
         /// The issuer identifier the card carries (hex).
         issuer_id: String,
     },
+    /// A lost card's balance cannot move yet: late records may still arrive.
+    #[error("card {application_serial}: the late-record window of {days} days since the loss report has {remaining_hours} hour(s) to run; its balance moves to the new card after that")]
+    LateRecordWindow {
+        /// The lost card.
+        application_serial: String,
+        /// The window.
+        days: i64,
+        /// Hours left.
+        remaining_hours: i64,
+    },
     /// The card's status does not allow the operation.
     #[error("card {application_serial} is {status}; this needs a card that is {needed}")]
     CardStatus {

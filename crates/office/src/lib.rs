@@ -94,6 +94,7 @@ pub mod operators;
 pub mod pkcs11;
 pub mod products;
 pub mod recharge;
+pub mod replacement;
 pub mod store;
 
 pub use error::{OfficeError, Result};

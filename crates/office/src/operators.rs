@@ -80,6 +80,7 @@ impl Role {
                     | RegisterMachine
                     | RetireMachine
                     | KeyCeremony
+                    | ChangeSettings
                     | SettlePurchase
                     | Check
                     | VerifyAudit
@@ -139,6 +140,8 @@ pub enum Action {
     KeyCeremony,
     /// Issue a card: personalize a stocked card and open its account.
     IssueCard,
+    /// Change an office setting (the late-record window).
+    ChangeSettings,
     /// Report a card lost (loss list).
     ReportLoss,
     /// Withdraw a loss report.
@@ -185,6 +188,7 @@ impl Action {
             Action::SettlePurchase => "settle_purchase",
             Action::KeyCeremony => "key_ceremony",
             Action::IssueCard => "issue_card",
+            Action::ChangeSettings => "change_settings",
             Action::ReportLoss => "report_loss",
             Action::WithdrawLoss => "withdraw_loss",
             Action::Check => "check",

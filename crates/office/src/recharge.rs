@@ -154,8 +154,8 @@ pub enum PendingResolution {
 pub struct RechargeReceipt {
     /// The business record.
     pub operation_id: i64,
-    /// The journal entry.
-    pub entry_id: i64,
+    /// The journal entry (None for a load funded by a replaced card: no money enters).
+    pub entry_id: Option<i64>,
     /// Card number (20 digits, the application serial).
     pub card_number: String,
     /// Card type: the product code (None for a card issued outside the inventory).
@@ -243,12 +243,33 @@ fn card_error(e: TerminalError) -> OfficeError {
     OfficeError::Card(e.to_string())
 }
 
+/// Where the money of a load comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Funding {
+    /// Cash at the recharge point (Dr cash / Cr float).
+    Cash,
+    /// The balance of a replaced card (inside the float: no journal entry).
+    Transfer {
+        /// The replaced card's account id.
+        from_card_id: i64,
+    },
+}
+
+impl Funding {
+    fn funding_card(self) -> Option<i64> {
+        match self {
+            Funding::Cash => None,
+            Funding::Transfer { from_card_id } => Some(from_card_id),
+        }
+    }
+}
+
 struct Checked {
     card: CardAccount,
     machine_id: i64,
     card_type: Option<String>,
     max_balance_minor: Option<i64>,
-    pending: Option<(PendingTransaction, i64)>,
+    pending: Option<(PendingTransaction, Funding)>,
 }
 
 impl Office {
@@ -261,6 +282,30 @@ impl Office {
         card: &mut PurseCard<C>,
         req: RechargeRequest,
     ) -> Result<RechargeResult> {
+        self.load_onto_card(s, keys, card, req, Funding::Cash).await
+    }
+
+    /// A load funded by a replaced card's share of the float ([`crate::replacement`]).
+    pub(crate) async fn load_by_transfer<C: CardChannel>(
+        &self,
+        s: &Session,
+        keys: &dyn Keystore,
+        card: &mut PurseCard<C>,
+        req: RechargeRequest,
+        from_card_id: i64,
+    ) -> Result<RechargeResult> {
+        self.load_onto_card(s, keys, card, req, Funding::Transfer { from_card_id })
+            .await
+    }
+
+    async fn load_onto_card<C: CardChannel>(
+        &self,
+        s: &Session,
+        keys: &dyn Keystore,
+        card: &mut PurseCard<C>,
+        req: RechargeRequest,
+        funding: Funding,
+    ) -> Result<RechargeResult> {
         let serial = apdu_hex::encode(&card.identity().application_serial);
         let subject = format!("card {serial}");
         let checked = self
@@ -270,7 +315,7 @@ impl Office {
         let host = KeystoreHost(keys);
         let rc = Recharge::new(&host, terminal_id);
         let earlier = match &checked.pending {
-            Some((p, _)) => Some(self.settle(s, &rc, card, p, &checked).await?),
+            Some((p, f)) => Some(self.settle(s, &rc, card, p, *f, &checked).await?),
             None => None,
         };
         // The shadow account may have moved with the settlement.
@@ -322,7 +367,7 @@ impl Office {
                 )
                 .await;
         }
-        self.save_pending(s, account.id, &prepared.pending, req.amount_minor)
+        self.save_pending(s, account.id, &prepared.pending, req.amount_minor, funding)
             .await?;
         match rc.complete(card, &prepared) {
             Ok(outcome) => {
@@ -333,6 +378,7 @@ impl Office {
                         &account,
                         &outcome,
                         checked.card_type.as_deref(),
+                        funding,
                     )
                     .await?;
                 Ok(RechargeResult { earlier, load })
@@ -374,7 +420,7 @@ impl Office {
         let host = KeystoreHost(keys);
         let rc = Recharge::new(&host, terminal_id);
         match &checked.pending {
-            Some((p, _)) => Ok(Some(self.settle(s, &rc, card, p, &checked).await?)),
+            Some((p, f)) => Ok(Some(self.settle(s, &rc, card, p, *f, &checked).await?)),
             None => Ok(None),
         }
     }
@@ -466,18 +512,21 @@ impl Office {
                     &args![&serial],
                 )
                 .await?;
-            let pending: Option<(String, i64)> = tx
+            let pending: Option<(String, Option<i64>)> = tx
                 .fetch_optional(
-                    "SELECT record, amount_minor FROM pending_loads WHERE card_id = $1",
+                    "SELECT record, from_card_id FROM pending_loads WHERE card_id = $1",
                     &args![card.id],
                 )
                 .await?;
             let pending = match pending {
-                Some((record, amount)) => Some((
+                Some((record, from)) => Some((
                     serde_json::from_str::<PendingTransaction>(&record).map_err(|e| {
                         OfficeError::Corrupt(format!("pending load of card {serial}: {e}"))
                     })?,
-                    amount,
+                    match from {
+                        None => Funding::Cash,
+                        Some(from_card_id) => Funding::Transfer { from_card_id },
+                    },
                 )),
                 None => None,
             };
@@ -510,6 +559,7 @@ impl Office {
         card_id: i64,
         p: &PendingTransaction,
         amount_minor: i64,
+        funding: Funding,
     ) -> Result<()> {
         let record = serde_json::to_string(p)
             .map_err(|e| OfficeError::Corrupt(format!("pending load: {e}")))?;
@@ -517,7 +567,7 @@ impl Office {
         let mut tx = self.store().write().await?;
         tx.execute(
             "INSERT INTO pending_loads (card_id, online_serial, amount_minor, record, operator_id, \
-             machine_id, started_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             machine_id, started_at_ms, from_card_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             &args![
                 card_id,
                 i64::from(p.serial),
@@ -525,7 +575,8 @@ impl Office {
                 &record,
                 s.operator_id,
                 s.machine_id,
-                at
+                at,
+                funding.funding_card()
             ],
         )
         .await?;
@@ -539,6 +590,7 @@ impl Office {
         rc: &Recharge<'_, H>,
         card: &mut PurseCard<C>,
         pending: &PendingTransaction,
+        funding: Funding,
         checked: &Checked,
     ) -> Result<PendingResolution> {
         let serial = apdu_hex::encode(&pending.application_serial);
@@ -552,6 +604,7 @@ impl Office {
                         &checked.card,
                         &outcome,
                         checked.card_type.as_deref(),
+                        funding,
                     )
                     .await?;
                 Ok(PendingResolution::Posted {
@@ -600,6 +653,7 @@ impl Office {
         before: &CardAccount,
         outcome: &LoadOutcome,
         card_type: Option<&str>,
+        funding: Funding,
     ) -> Result<RechargeReceipt> {
         let (mut tx, at) = self.begin(s, Action::LoadCard, subject).await?;
         let result = async {
@@ -672,23 +726,34 @@ impl Office {
                 ],
             )
             .await?;
-            let change = if outcome.suspicious.is_some() {
-                "loaded (TAC not verified)"
-            } else {
-                "loaded"
+            let change = match (outcome.suspicious.is_some(), funding) {
+                (true, _) => "loaded (TAC not verified)",
+                (false, Funding::Cash) => "loaded",
+                (false, Funding::Transfer { .. }) => "loaded (balance transferred in)",
             };
             ledger::update_card(&mut tx, &card, op, at, change).await?;
-            let entry_id = ledger::post_entry(
-                &mut tx,
-                op,
-                at,
-                "card load",
-                &[
-                    LineSpec::debit(ledger::cash_account_code(&rp.machine_number), amount),
-                    LineSpec::credit(ledger::FLOAT, amount),
-                ],
-            )
-            .await?;
+            let entry_id = match funding {
+                Funding::Cash => {
+                    ledger::post_entry(
+                        &mut tx,
+                        op,
+                        at,
+                        "card load",
+                        &[
+                            LineSpec::debit(ledger::cash_account_code(&rp.machine_number), amount),
+                            LineSpec::credit(ledger::FLOAT, amount),
+                        ],
+                    )
+                    .await
+                    .map(Some)?
+                }
+                Funding::Transfer { from_card_id } => {
+                    // Inside the float: the replaced card's share moves to this card.
+                    crate::replacement::transfer_out(&mut tx, from_card_id, &card, amount, op, at)
+                        .await?;
+                    None
+                }
+            };
             let receipt = RechargeReceipt {
                 operation_id: op,
                 entry_id,

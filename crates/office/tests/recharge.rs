@@ -50,6 +50,7 @@ on_both!(
     a_lost_answer_is_settled_from_the_cards_serial,
     a_lost_command_is_cancelled_and_the_card_loads_again,
     the_loss_list_blocks_recharges_and_versions_every_change,
+    a_lost_card_is_replaced_after_the_late_record_window,
 );
 
 const CARD: &str = "31000000000000000042";
@@ -475,5 +476,127 @@ async fn the_loss_list_blocks_recharges_and_versions_every_change(store: Store) 
     tx.rollback().await.unwrap();
     let changes: Vec<&str> = changes.iter().map(|(c,)| c.as_str()).collect();
     assert_eq!(changes, ["opened", "lost", "active", "loaded"]);
+    clean(&w).await;
+}
+
+async fn a_lost_card_is_replaced_after_the_late_record_window(store: Store) {
+    let w = world(store.clone()).await;
+    with_account(&w).await;
+    let keys = dev_keys();
+    let new_number = "31000000000000000043";
+    w.office
+        .open_card(
+            &w.issuer_clerk,
+            OpenCard {
+                application_serial: new_number.into(),
+                deposit_minor: 1_000,
+                fee_minor: 200,
+            },
+        )
+        .await
+        .unwrap();
+    let issuer = issuer_id_of(&init_config().issuer_number).unwrap();
+    let mut old = PurseCard::open(our_card(8)).unwrap();
+    w.office
+        .recharge(
+            &w.recharge_clerk,
+            &keys,
+            &mut old,
+            RechargeRequest {
+                amount_minor: 5_000,
+                when: when("080000"),
+            },
+        )
+        .await
+        .unwrap();
+    let mut fresh = PurseCard::open(issued_card(
+        new_number,
+        PurseAlg::TripleDes,
+        9,
+        issuer,
+        &DevIssuerKeys,
+    ))
+    .unwrap();
+    let replace = |card: &'static str| (card, when("090000"));
+    // Only a lost card is replaced.
+    let (lost, at) = replace(CARD);
+    let err = w
+        .office
+        .replace_card(&w.recharge_clerk, &keys, &mut fresh, lost, at)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OfficeError::CardStatus { .. }), "{err}");
+    w.office
+        .report_loss(&w.issuer_clerk, CARD, "left on the bus")
+        .await
+        .unwrap();
+    // Within the late-record window (7 days by default): refused, nothing moves.
+    assert_eq!(w.office.late_record_window_days().await.unwrap(), 7);
+    let err = w
+        .office
+        .replace_card(&w.recharge_clerk, &keys, &mut fresh, lost, at)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, OfficeError::LateRecordWindow { days: 7, .. }),
+        "{err}"
+    );
+    assert_eq!(fresh.balance().unwrap(), 0);
+    // Only an administrator changes the window.
+    let err = w
+        .office
+        .set_late_record_window(&w.recharge_clerk, 0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OfficeError::Denied { .. }), "{err}");
+    assert!(w
+        .office
+        .set_late_record_window(&w.admin, 400)
+        .await
+        .is_err());
+    w.office.set_late_record_window(&w.admin, 0).await.unwrap();
+    let r = w
+        .office
+        .replace_card(&w.recharge_clerk, &keys, &mut fresh, lost, at)
+        .await
+        .unwrap();
+    assert_eq!(r.amount_minor, 5_000);
+    let load = r.load.expect("a load onto the new card");
+    assert_eq!(
+        load.entry_id, None,
+        "no money enters: the float only changes hands"
+    );
+    assert_eq!(load.tac_verified, Some(true));
+    assert_eq!(fresh.balance().unwrap(), 5_000);
+    assert_eq!(w.office.card(CARD).await.unwrap().balance_minor, 0);
+    assert_eq!(
+        w.office.card(new_number).await.unwrap().balance_minor,
+        5_000
+    );
+    assert_eq!(
+        w.office.card_status(CARD).await.unwrap(),
+        iccard_office::losslist::CardStatus::Replaced
+    );
+    assert_eq!(w.office.loss_list().await.unwrap(), [CARD.to_string()]);
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM card_transfers").await,
+        1
+    );
+    let float = w
+        .office
+        .accounts()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|a| a.code == "float")
+        .unwrap();
+    assert_eq!(float.balance_minor, 5_000, "the float is unchanged");
+    // Once replaced, never again.
+    let err = w
+        .office
+        .replace_card(&w.recharge_clerk, &keys, &mut fresh, lost, at)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OfficeError::CardStatus { .. }), "{err}");
     clean(&w).await;
 }
