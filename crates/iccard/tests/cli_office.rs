@@ -516,6 +516,8 @@ fn the_demo_runs_the_life_cycle_and_leaves_a_clean_office() {
         "purchase 12.34 offline",
         "settled",
         "recharge refused",
+        "late-record window",
+        "moved from",
         "verdict: clean",
     ] {
         assert!(
@@ -530,7 +532,7 @@ fn the_demo_runs_the_life_cycle_and_leaves_a_clean_office() {
         &["--operator", "audrey", "check"],
     );
     assert_eq!(r["problems"].as_array().unwrap().len(), 0, "{r}");
-    assert_eq!(r["cards"], 2);
+    assert_eq!(r["cards"], 3);
     // A non-empty directory is refused (the demo makes a new office).
     let out = Command::new(env!("CARGO_BIN_EXE_iccard"))
         .args(["demo", "--dir"])

@@ -3,7 +3,8 @@
 //! received, a production batch taken through every stage on card images (one card fails its
 //! functional test and is voided), cards issued with their first recharge, more recharges, an
 //! offline purchase at a point of sale with its PSAM, its settlement, a loss report that blocks
-//! the card, and the books checked at the end.
+//! the card, a replacement card that receives the lost card's balance after the late-record
+//! window, and the books checked at the end.
 
 use std::path::{Path, PathBuf};
 
@@ -438,7 +439,61 @@ pub async fn run(dir: &Path, kept: bool) -> Result<()> {
         Ok(_) => bail!("a lost card was recharged"),
     }
 
-    stage(7, "The books: iccard office check");
+    stage(
+        7,
+        "Replacement: a new card for the lost one; its balance moves after the late-record window",
+    );
+    let spare = images
+        .get(2)
+        .context("the batch left a third card in stock")?
+        .clone();
+    let mut card = ImageCard::open(&spare)?;
+    let r = office
+        .issue_card(
+            &ivy,
+            &keys,
+            &mut card,
+            &IssueRequest {
+                pin: Zeroizing::new("654321".into()),
+                holder: Some(HolderData {
+                    name: holders[1].0.into(),
+                    id_number: holders[1].1.into(),
+                }),
+                date: today,
+            },
+        )
+        .await?;
+    drop(card);
+    println!(
+        "  replacement card {} issued to {} (deposit {} + fee {})",
+        r.card_number,
+        holders[1].0,
+        yuan(r.deposit_minor),
+        yuan(r.fee_minor)
+    );
+    let mut fresh = PurseCard::open(ImageCard::open(&spare)?)?;
+    match office
+        .replace_card(&rita, &keys, &mut fresh, number2, when)
+        .await
+    {
+        Err(e) => println!("  balance transfer now: refused: {e}"),
+        Ok(_) => bail!("the balance moved inside the late-record window"),
+    }
+    office.set_late_record_window(&admin, 0).await?;
+    println!("  (the administrator shortens the late-record window to 0 days for the demo)");
+    let moved = office
+        .replace_card(&rita, &keys, &mut fresh, number2, when)
+        .await?;
+    println!(
+        "  {} moved from {} to {} on the card itself (no cash: the float only changes hands); {} is replaced and stays on the loss list",
+        yuan(moved.amount_minor),
+        moved.lost_card,
+        moved.new_card,
+        moved.lost_card
+    );
+    drop(fresh);
+
+    stage(8, "The books: iccard office check");
     let audrey = login(&office, "audrey", "C0001").await?;
     let report = office.check(&audrey).await?;
     for a in office.accounts().await? {
