@@ -2,6 +2,7 @@
 
 mod cli_card;
 mod cli_crypto;
+mod cli_lifecycle;
 mod cli_office;
 mod cli_terminal;
 mod pcsc_clients;

@@ -4,6 +4,7 @@ pub mod crypto;
 pub mod demo;
 pub mod lifecycle;
 pub mod office;
+pub mod office_life;
 pub mod perso;
 pub mod psam;
 pub mod reader;

@@ -91,6 +91,25 @@ pub enum OfficeCmd {
     Recharge(RechargeArgs),
     /// Loads whose card answer was lost, waiting for the card to come back.
     Pending,
+    /// Card products and their profile versions.
+    #[command(subcommand)]
+    Product(super::office_life::ProductCmd),
+    /// Chip lots received from a chip maker.
+    #[command(subcommand)]
+    Lot(super::office_life::LotCmd),
+    /// Production orders and batches through every stage.
+    #[command(subcommand)]
+    Batch(super::office_life::BatchCmd),
+    /// The inventory of physical cards: counts, one card, allocation, return to stock.
+    Inventory(super::office_life::InventoryArgs),
+    /// Issue a card from stock at a recharge point (personalization), with its first recharge.
+    Issue(super::office_life::IssueArgs),
+    /// The loss list: report, withdraw, the changes since a version.
+    #[command(subcommand)]
+    Loss(super::office_life::LossCmd),
+    /// A card's status.
+    #[command(subcommand)]
+    Card(super::office_life::CardCmd),
 }
 
 /// `office recharge`.
@@ -392,7 +411,7 @@ pub enum LedgerCmd {
 
 /// A failure of the back office (exit 1) as opposed to a usage error (exit 2).
 #[derive(Debug)]
-struct Refused(anyhow::Error);
+pub(super) struct Refused(pub(super) anyhow::Error);
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -402,7 +421,7 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
-fn classify_office(e: OfficeError) -> anyhow::Error {
+pub(super) fn classify_office(e: OfficeError) -> anyhow::Error {
     match e {
         OfficeError::Invalid { .. }
         | OfficeError::AmountOutOfRange(_)
@@ -465,6 +484,13 @@ async fn dispatch(a: &OfficeArgs) -> Result<ExitCode> {
                 OfficeCmd::Ledger(c) => ctx.ledger(c).await,
                 OfficeCmd::Recharge(r) => ctx.recharge(r).await,
                 OfficeCmd::Pending => ctx.pending().await,
+                OfficeCmd::Product(c) => super::office_life::product(ctx, c).await,
+                OfficeCmd::Lot(c) => super::office_life::lot(ctx, c).await,
+                OfficeCmd::Batch(c) => super::office_life::batch(ctx, c).await,
+                OfficeCmd::Inventory(c) => super::office_life::inventory(ctx, c).await,
+                OfficeCmd::Issue(c) => super::office_life::issue(ctx, c).await,
+                OfficeCmd::Loss(c) => super::office_life::loss(ctx, c).await,
+                OfficeCmd::Card(c) => super::office_life::card(ctx, c).await,
                 OfficeCmd::Init(_) | OfficeCmd::Status => unreachable!("handled above"),
             }
         }
@@ -472,7 +498,7 @@ async fn dispatch(a: &OfficeArgs) -> Result<ExitCode> {
 }
 
 /// Reads a secret from `var`, or from a hidden prompt when interactive (twice when `confirm`).
-fn secret(var: &str, what: &str, confirm: bool) -> Result<Zeroizing<String>> {
+pub(super) fn secret(var: &str, what: &str, confirm: bool) -> Result<Zeroizing<String>> {
     if let Ok(v) = std::env::var(var) {
         if !v.is_empty() {
             return Ok(Zeroizing::new(v));
@@ -494,7 +520,11 @@ fn secret(var: &str, what: &str, confirm: bool) -> Result<Zeroizing<String>> {
     Ok(first)
 }
 
-fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> Result<()> {
+pub(super) fn print<T: Serialize>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce() -> String,
+) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(value)?);
     } else {
@@ -506,7 +536,7 @@ fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> 
     Ok(())
 }
 
-fn describe_load(l: &RechargeReceipt) -> String {
+pub(super) fn describe_load(l: &RechargeReceipt) -> String {
     format!(
         "loaded {} onto card {}{}: balance {} -> {}, online serial {}, {} {}, at {} by {}, TAC {}{}{}",
         yuan(l.amount_minor),
@@ -548,13 +578,13 @@ fn describe_resolution(p: &PendingResolution) -> String {
     }
 }
 
-fn yuan(minor: i64) -> String {
+pub(super) fn yuan(minor: i64) -> String {
     let sign = if minor < 0 { "-" } else { "" };
     let m = minor.unsigned_abs();
     format!("{sign}{}.{:02}", m / 100, m % 100)
 }
 
-fn when(ms: i64) -> String {
+pub(super) fn when(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
@@ -814,13 +844,13 @@ async fn status(a: &OfficeArgs) -> Result<ExitCode> {
 // logged-in commands
 
 /// An open office with a logged-in operator.
-struct Ctx {
-    dir: PathBuf,
-    json: bool,
-    config: OfficeConfig,
-    store: Store,
-    office: Office,
-    session: Session,
+pub(super) struct Ctx {
+    pub(super) dir: PathBuf,
+    pub(super) json: bool,
+    pub(super) config: OfficeConfig,
+    pub(super) store: Store,
+    pub(super) office: Office,
+    pub(super) session: Session,
 }
 
 impl Ctx {
@@ -852,7 +882,7 @@ impl Ctx {
         })
     }
 
-    fn done(self, code: ExitCode) -> Result<ExitCode> {
+    pub(super) fn done(self, code: ExitCode) -> Result<ExitCode> {
         // The pool closes when the last handle drops; nothing is pending after a commit.
         drop(self.store);
         Ok(code)
@@ -1038,7 +1068,7 @@ impl Ctx {
         self.done(ExitCode::SUCCESS)
     }
 
-    fn open_keystore(&self) -> Result<Box<dyn Keystore + Send>> {
+    pub(super) fn open_keystore(&self) -> Result<Box<dyn Keystore + Send>> {
         let secret = match self.config.keystore.secret_env() {
             Some(var) => {
                 let what = match self.config.keystore {
