@@ -4,25 +4,18 @@
 //! recharge; the refusals that change nothing; and a personalization interrupted at the end
 //! (resumed) or half-way (rolled back). Every scenario on SQLite and on PostgreSQL.
 
-use iccard_issuer::devkeys;
-use iccard_issuer::functional::test_card;
-use iccard_issuer::manufacture;
 use iccard_link::{CardChannel, LinkError};
 use iccard_office::issuance::{parse_card_number, HolderData, IssueRequest};
 use iccard_office::keystore::DevKeystore;
-use iccard_office::manufacture::{
-    CodedCard, InventoryState, NewChipLot, NewProductionOrder, Stage, TestedCard,
-};
-use iccard_office::products::{
-    Algorithm, ApplicationKind, CardType, NewProduct, ProductApplication, ProductProfile,
-};
+use iccard_office::manufacture::InventoryState;
+use iccard_office::products::CardType;
 use iccard_office::recharge::RechargeRequest;
 use iccard_office::{Mode, OfficeError, Store};
 use iccard_terminal::{read_balance, PurseCard, TransactionTime};
 use iccard_testkit::MemCard;
 use zeroize::Zeroizing;
 
-use crate::support::{init_config, world, World};
+use crate::support::{init_config, stock, world, World};
 
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
@@ -59,128 +52,6 @@ on_both!(
     refusals_leave_the_card_blank_and_the_books_untouched,
     an_interrupted_personalization_resumes_or_rolls_back,
 );
-
-fn product(card_type: CardType) -> ProductProfile {
-    ProductProfile {
-        card_type,
-        deposit_minor: 2_000,
-        fee_minor: 500,
-        validity_months: 36,
-        max_balance_minor: 50_000,
-        offline_purchase_limit_minor: 10_000,
-        offline_cumulative_limit_minor: 20_000,
-        algorithm: Algorithm::TripleDes,
-        applications: vec![ProductApplication {
-            application: ApplicationKind::Purse,
-            rights: vec!["load".into(), "purchase".into()],
-        }],
-    }
-}
-
-/// Makes `n` cards of product `code` through a whole production batch; returns them (in
-/// memory, as coded) with their chip serials. Cards are all in stock afterwards.
-async fn stock(w: &World, code: &str, card_type: CardType, first: &str, n: i64) -> Vec<MemCard> {
-    w.office
-        .create_product(
-            &w.admin,
-            NewProduct {
-                code: code.into(),
-                name: format!("{code} card"),
-                profile: product(card_type),
-            },
-        )
-        .await
-        .unwrap();
-    let lot = format!("LOT-{code}");
-    w.office
-        .receive_chip_lot(
-            &w.admin,
-            NewChipLot {
-                lot_number: lot.clone(),
-                chip_maker: "Icmaker".into(),
-                chip_model: "IC-32K".into(),
-                quantity: n,
-                first_chip_serial: first.into(),
-                transport_key_version: 1,
-            },
-        )
-        .await
-        .unwrap();
-    let order = w
-        .office
-        .open_production_order(
-            &w.admin,
-            NewProductionOrder {
-                product_code: code.into(),
-                lot_number: lot,
-                quantity: n,
-            },
-        )
-        .await
-        .unwrap();
-    let batch = w.office.start_batch(&w.admin, order.id, n).await.unwrap();
-    w.office
-        .record_printing(&w.admin, batch.id, "printer P-1", 0)
-        .await
-        .unwrap();
-    let plan = w.office.coding_plan(batch.id).await.unwrap();
-    let specs = plan.blank_cards([0x20, 0x26, 0x01, 0x05]).unwrap();
-    let mut cards: Vec<MemCard> = specs
-        .iter()
-        .enumerate()
-        .map(|(i, spec)| {
-            let eeprom = manufacture::eeprom(32, iccard_cos::nvm::DEFAULT_ENDURANCE).unwrap();
-            MemCard(
-                manufacture::make_blank(
-                    eeprom,
-                    iccard_cos::SeededRandom::new(1_000 + i as u64),
-                    spec,
-                )
-                .unwrap(),
-            )
-        })
-        .collect();
-    let coded: Vec<CodedCard> = plan
-        .chip_serials
-        .iter()
-        .map(|s| CodedCard {
-            chip_serial: s.clone(),
-            failure: None,
-        })
-        .collect();
-    w.office
-        .record_coding(&w.admin, batch.id, "coder C-1", &coded)
-        .await
-        .unwrap();
-    for stage in [Stage::Bronzing, Stage::Packaging, Stage::Gluing] {
-        w.office
-            .record_finishing(&w.admin, batch.id, stage, "line L-1", &[])
-            .await
-            .unwrap();
-    }
-    let tested: Vec<TestedCard> = cards
-        .iter_mut()
-        .zip(specs.iter().zip(&plan.chip_serials))
-        .map(|(card, (spec, serial))| TestedCard {
-            chip_serial: serial.clone(),
-            report: test_card(
-                card,
-                &manufacture::transport_key(&devkeys::TRANSPORT.value(), &spec.chip_serial),
-            ),
-        })
-        .collect();
-    w.office
-        .record_testing(&w.admin, batch.id, "tester T-9", &tested)
-        .await
-        .unwrap();
-    for s in &plan.chip_serials {
-        assert_eq!(
-            w.office.inventory_card(s).await.unwrap().state,
-            InventoryState::InStock
-        );
-    }
-    cards
-}
 
 fn holder() -> Option<HolderData> {
     Some(HolderData {

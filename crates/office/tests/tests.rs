@@ -6,6 +6,7 @@
 mod concurrency;
 mod conformance;
 mod crash;
+mod crash_cards;
 mod issuance;
 mod keystore;
 mod lifecycle;
