@@ -856,6 +856,13 @@ fn image_path(dir: &Path, chip_serial: &str) -> PathBuf {
 }
 
 async fn run_batch(ctx: Ctx, r: &BatchRunArgs) -> Result<ExitCode> {
+    // The chips this command codes are card images with the published development transport
+    // key: a production office records the card maker's real results instead.
+    if ctx.config.mode == iccard_office::Mode::Production {
+        anyhow::bail!(
+            "`batch run` codes simulated chips with the development transport key: a production office does not (record the card maker's stage results through the library)"
+        );
+    }
     let o = &ctx.office;
     let s = &ctx.session;
     let date = match &r.production_date {
