@@ -6,63 +6,9 @@
 use iccard_office::store::Store;
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-const ADMIN_PW: &str = "admin-password-1";
-const PASS: &str = "keystore passphrase for tests";
-
-fn iccard(office: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_iccard"));
-    c.arg("office").arg("--office").arg(office).args(args);
-    for var in [
-        "ICCARD_OFFICE",
-        "ICCARD_OPERATOR",
-        "ICCARD_MACHINE",
-        "ICCARD_OPERATOR_PASSWORD",
-        "ICCARD_NEW_OPERATOR_PASSWORD",
-        "ICCARD_KEYSTORE_PASSPHRASE",
-        "ICCARD_KEY_VALUE",
-    ] {
-        c.env_remove(var);
-    }
-    c.env("ICCARD_OPERATOR_PASSWORD", ADMIN_PW)
-        .env("ICCARD_KEYSTORE_PASSPHRASE", PASS);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("the iccard binary runs")
-}
-
-fn ok(office: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
-    let out = iccard(office, env, args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed ({:?}): {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8 output")
-}
-
-fn json(office: &Path, env: &[(&str, &str)], args: &[&str]) -> Value {
-    let mut a = args.to_vec();
-    a.push("--json");
-    let out = ok(office, env, &a);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
-}
-
-/// Runs a command that must exit with `code`; returns stderr.
-fn fails(office: &Path, env: &[(&str, &str)], args: &[&str], code: i32) -> String {
-    let out = iccard(office, env, args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "{args:?}: expected exit {code}; stdout {} stderr {err}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    err
-}
+use crate::office_support::{fails, iccard, json, ok};
 
 fn audit_len(office: &Path, env: &[(&str, &str)]) -> usize {
     json(

@@ -5,6 +5,7 @@ mod cli_crypto;
 mod cli_lifecycle;
 mod cli_office;
 mod cli_terminal;
+mod office_support;
 mod pcsc_clients;
 mod pcsc_env;
 mod pcsc_serve;
