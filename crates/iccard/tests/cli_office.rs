@@ -242,6 +242,19 @@ fn scenario(office: &Path, env: &[(&str, &str)]) {
     assert!(text.contains("verdict: clean"), "{text}");
     let v = json(office, env, &root(&["audit", "verify"]));
     assert!(v["broken"].is_null(), "{v}");
+    let today = json(
+        office,
+        &audit_env,
+        &["--operator", "audrey", "report", "daily"],
+    );
+    assert!(today["rows"].as_array().is_some(), "{today}");
+    let err = fails(
+        office,
+        env,
+        &root(&["report", "daily", "--date", "2026-01-01"]),
+        2,
+    );
+    assert!(err.contains("YYYYMMDD") || err.contains("date"), "{err}");
     let accounts = json(office, env, &root(&["ledger", "accounts"]));
     assert!(accounts
         .as_array()

@@ -95,6 +95,7 @@ pub mod pkcs11;
 pub mod products;
 pub mod recharge;
 pub mod replacement;
+pub mod reports;
 pub mod store;
 
 pub use error::{OfficeError, Result};

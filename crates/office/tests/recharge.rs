@@ -51,6 +51,7 @@ on_both!(
     a_lost_command_is_cancelled_and_the_card_loads_again,
     the_loss_list_blocks_recharges_and_versions_every_change,
     a_lost_card_is_replaced_after_the_late_record_window,
+    the_daily_report_sums_each_operator_at_each_machine,
 );
 
 const CARD: &str = "31000000000000000042";
@@ -599,4 +600,69 @@ async fn a_lost_card_is_replaced_after_the_late_record_window(store: Store) {
         .unwrap_err();
     assert!(matches!(err, OfficeError::CardStatus { .. }), "{err}");
     clean(&w).await;
+}
+
+async fn the_daily_report_sums_each_operator_at_each_machine(store: Store) {
+    let w = world(store.clone()).await;
+    with_account(&w).await;
+    let keys = dev_keys();
+    let mut card = PurseCard::open(our_card(10)).unwrap();
+    for (amount, time) in [(5_000, "100000"), (2_500, "110000")] {
+        w.office
+            .recharge(
+                &w.recharge_clerk,
+                &keys,
+                &mut card,
+                RechargeRequest {
+                    amount_minor: amount,
+                    when: when(time),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    // The test clock starts at 1_700_000_000_000 ms: 2023-11-14 (UTC).
+    let r = w.office.daily_report(&w.auditor, "20231114").await.unwrap();
+    let rows: Vec<(&str, &str, &str, i64, i64)> = r
+        .rows
+        .iter()
+        .filter(|x| x.kind == "open_card" || x.kind == "load_card")
+        .map(|x| {
+            (
+                x.operator.as_str(),
+                x.machine_number.as_str(),
+                x.kind.as_str(),
+                x.count,
+                x.amount_minor,
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("cashier", "RP-1", "load_card", 2, 7_500),
+            ("issuer", "RP-1", "open_card", 1, 1_200)
+        ]
+    );
+    let cash: Vec<(&str, i64, i64)> = r
+        .cash
+        .iter()
+        .map(|c| (c.account.as_str(), c.in_minor, c.out_minor))
+        .collect();
+    assert_eq!(cash, [("cash:RP-1", 8_700, 0)]);
+    // Another day is empty; a clerk (or an administrator: separation of duties) may not read
+    // it; a bad date is refused.
+    let empty = w.office.daily_report(&w.auditor, "20231115").await.unwrap();
+    assert!(empty.rows.is_empty() && empty.cash.is_empty());
+    let err = w
+        .office
+        .daily_report(&w.recharge_clerk, "20231114")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OfficeError::Denied { .. }), "{err}");
+    assert!(w
+        .office
+        .daily_report(&w.auditor, "2023-11-14")
+        .await
+        .is_err());
 }

@@ -91,6 +91,10 @@ pub enum OfficeCmd {
     Recharge(RechargeArgs),
     /// Loads whose card answer was lost, waiting for the card to come back.
     Pending,
+    /// Reports: `daily` — each operator's operations at each machine and each recharge
+    /// point's cash on one day (auditors).
+    #[command(subcommand)]
+    Report(ReportCmd),
     /// Card products and their profile versions.
     #[command(subcommand)]
     Product(super::office_life::ProductCmd),
@@ -110,6 +114,17 @@ pub enum OfficeCmd {
     /// A card's status.
     #[command(subcommand)]
     Card(super::office_life::CardCmd),
+}
+
+/// `office report`.
+#[derive(Debug, Subcommand)]
+pub enum ReportCmd {
+    /// One day's operations per operator and machine, and each recharge point's cash.
+    Daily {
+        /// The day, YYYYMMDD (UTC; default today).
+        #[arg(long)]
+        date: Option<String>,
+    },
 }
 
 /// `office recharge`.
@@ -484,6 +499,7 @@ async fn dispatch(a: &OfficeArgs) -> Result<ExitCode> {
                 OfficeCmd::Ledger(c) => ctx.ledger(c).await,
                 OfficeCmd::Recharge(r) => ctx.recharge(r).await,
                 OfficeCmd::Pending => ctx.pending().await,
+                OfficeCmd::Report(c) => ctx.report(c).await,
                 OfficeCmd::Product(c) => super::office_life::product(ctx, c).await,
                 OfficeCmd::Lot(c) => super::office_life::lot(ctx, c).await,
                 OfficeCmd::Batch(c) => super::office_life::batch(ctx, c).await,
@@ -1366,6 +1382,50 @@ impl Ctx {
         }
         drop(card);
         drop(opened);
+        self.done(ExitCode::SUCCESS)
+    }
+
+    async fn report(self, c: &ReportCmd) -> Result<ExitCode> {
+        let ReportCmd::Daily { date } = c;
+        let date = date.clone().unwrap_or_else(|| {
+            TransactionTime::from_unix(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+            )
+            .date_string()
+        });
+        let r = self
+            .office
+            .daily_report(&self.session, &date)
+            .await
+            .map_err(classify_office)?;
+        print(self.json, &r, || {
+            let mut t = format!(
+                "daily report {} (UTC)\n{:<16} {:<12} {:<22} {:>6} {:>14}",
+                r.date, "operator", "machine", "operation", "count", "amount"
+            );
+            for x in &r.rows {
+                t.push_str(&format!(
+                    "\n{:<16} {:<12} {:<22} {:>6} {:>14}",
+                    x.operator,
+                    x.machine_number,
+                    x.kind,
+                    x.count,
+                    yuan(x.amount_minor)
+                ));
+            }
+            for c in &r.cash {
+                t.push_str(&format!(
+                    "\n{}: cash in {}, out {}",
+                    c.account,
+                    yuan(c.in_minor),
+                    yuan(c.out_minor)
+                ));
+            }
+            t
+        })?;
         self.done(ExitCode::SUCCESS)
     }
 
