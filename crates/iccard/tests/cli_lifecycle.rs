@@ -479,10 +479,53 @@ fn scenario(office: &Path, images: &Path, env: &[(&str, &str)]) {
     let st = json(office, env, &root(&["card", "status", &number]));
     assert_eq!(st["status"], "active", "{st}");
 
+    // Lost for good: a replacement card, its balance moved after the late-record window.
+    let fresh = json(
+        office,
+        &clerk,
+        &at(
+            "ivy",
+            "RP-001",
+            &[
+                "issue",
+                "--card",
+                &images_made[1],
+                "--holder-name",
+                "Li Wei",
+                "--holder-id",
+                "110101199003070011",
+            ],
+        ),
+    );
+    let fresh_number = fresh["card_number"].as_str().unwrap().to_owned();
+    json(
+        office,
+        &clerk,
+        &at(
+            "ivy",
+            "RP-001",
+            &["loss", "report", &number, "--reason", "lost for good"],
+        ),
+    );
+    let replace = at(
+        "rita",
+        "RP-001",
+        &["replace", "--lost", &number, "--card", &images_made[1]],
+    );
+    let err = fails(office, &clerk, &replace, 1);
+    assert!(err.contains("late-record window"), "{err}");
+    let w = json(office, env, &root(&["settings", "late-record-window", "0"]));
+    assert_eq!(w["late_record_window_days"], 0, "{w}");
+    let moved = json(office, &clerk, &replace);
+    assert_eq!(moved["amount_minor"], 7000, "{moved}");
+    assert_eq!(moved["new_card"], fresh_number.as_str(), "{moved}");
+    let st = json(office, env, &root(&["card", "status", &number]));
+    assert_eq!(st["status"], "replaced", "{st}");
+
     // The books are clean.
     let c = json(office, env, &root(&["check"]));
     assert_eq!(c["problems"].as_array().unwrap().len(), 0, "{c}");
-    assert_eq!(c["cards"], 1, "{c}");
+    assert_eq!(c["cards"], 2, "{c}");
 }
 
 #[test]

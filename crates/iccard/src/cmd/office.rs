@@ -91,6 +91,12 @@ pub enum OfficeCmd {
     Recharge(RechargeArgs),
     /// Loads whose card answer was lost, waiting for the card to come back.
     Pending,
+    /// Move a lost card's balance onto its replacement (in the reader at a recharge point),
+    /// once the late-record window since the loss report has passed.
+    Replace(ReplaceArgs),
+    /// Office settings: the late-record window (administrators).
+    #[command(subcommand)]
+    Settings(SettingsCmd),
     /// Reports: `daily` — each operator's operations at each machine and each recharge
     /// point's cash on one day (auditors).
     #[command(subcommand)]
@@ -114,6 +120,32 @@ pub enum OfficeCmd {
     /// A card's status.
     #[command(subcommand)]
     Card(super::office_life::CardCmd),
+}
+
+/// `office replace`.
+#[derive(Debug, Args)]
+pub struct ReplaceArgs {
+    /// The lost card's number.
+    #[arg(long)]
+    lost: String,
+    /// The replacement card's image file.
+    #[arg(long, required_unless_present = "reader")]
+    card: Option<PathBuf>,
+    /// PC/SC reader holding the replacement card, in place of --card.
+    #[arg(long, conflicts_with = "card")]
+    reader: Option<String>,
+}
+
+/// `office settings`.
+#[derive(Debug, Subcommand)]
+pub enum SettingsCmd {
+    /// Show the settings.
+    Show,
+    /// Days after a loss report before the lost card's balance may move (0 to 365).
+    LateRecordWindow {
+        /// Days.
+        days: i64,
+    },
 }
 
 /// `office report`.
@@ -500,6 +532,8 @@ async fn dispatch(a: &OfficeArgs) -> Result<ExitCode> {
                 OfficeCmd::Recharge(r) => ctx.recharge(r).await,
                 OfficeCmd::Pending => ctx.pending().await,
                 OfficeCmd::Report(c) => ctx.report(c).await,
+                OfficeCmd::Replace(r) => ctx.replace(r).await,
+                OfficeCmd::Settings(c) => ctx.settings(c).await,
                 OfficeCmd::Product(c) => super::office_life::product(ctx, c).await,
                 OfficeCmd::Lot(c) => super::office_life::lot(ctx, c).await,
                 OfficeCmd::Batch(c) => super::office_life::batch(ctx, c).await,
@@ -1382,6 +1416,63 @@ impl Ctx {
         }
         drop(card);
         drop(opened);
+        self.done(ExitCode::SUCCESS)
+    }
+
+    async fn replace(self, r: &ReplaceArgs) -> Result<ExitCode> {
+        let lost = iccard_office::issuance::parse_card_number(&self.config.issuer_number, &r.lost)
+            .map_err(classify_office)?;
+        let ks = self.open_keystore()?;
+        let mut opened =
+            super::reader::OpenCard::open(r.card.as_deref(), r.reader.as_deref(), "card")?;
+        let channel = opened.channel()?;
+        let mut card = PurseCard::open(channel).map_err(|e| anyhow!(Refused(anyhow!(e))))?;
+        let now = TransactionTime::from_unix(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        );
+        let res = self
+            .office
+            .replace_card(&self.session, &*ks, &mut card, &lost, now)
+            .await
+            .map_err(classify_office)?;
+        print(self.json, &res, || match &res.load {
+            None => format!(
+                "card {} replaced by {}: it held nothing to move",
+                res.lost_card, res.new_card
+            ),
+            Some(l) => format!(
+                "card {} replaced by {}: {} moved onto the new card ({})",
+                res.lost_card,
+                res.new_card,
+                yuan(res.amount_minor),
+                describe_load(l)
+            ),
+        })?;
+        drop(card);
+        drop(opened);
+        self.done(ExitCode::SUCCESS)
+    }
+
+    async fn settings(self, c: &SettingsCmd) -> Result<ExitCode> {
+        if let SettingsCmd::LateRecordWindow { days } = c {
+            self.office
+                .set_late_record_window(&self.session, *days)
+                .await
+                .map_err(classify_office)?;
+        }
+        let days = self
+            .office
+            .late_record_window_days()
+            .await
+            .map_err(classify_office)?;
+        print(
+            self.json,
+            &serde_json::json!({ "late_record_window_days": days }),
+            || format!("late-record window: {days} days"),
+        )?;
         self.done(ExitCode::SUCCESS)
     }
 
