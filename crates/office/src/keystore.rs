@@ -253,7 +253,7 @@ pub enum CeremonyKind {
 }
 
 impl CeremonyKind {
-    fn id(self) -> u8 {
+    pub(crate) fn id(self) -> u8 {
         match self {
             CeremonyKind::Created => 0,
             CeremonyKind::Imported => 1,
@@ -261,7 +261,7 @@ impl CeremonyKind {
             CeremonyKind::Retired => 3,
         }
     }
-    fn from_id(id: u8) -> Option<Self> {
+    pub(crate) fn from_id(id: u8) -> Option<Self> {
         match id {
             0 => Some(CeremonyKind::Created),
             1 => Some(CeremonyKind::Imported),
@@ -1145,10 +1145,11 @@ fn encode(c: &Contents) -> Zeroizing<Vec<u8>> {
     out
 }
 
-struct Reader<'a>(&'a [u8]);
+/// A big-endian byte reader for the keystore formats (also the PKCS#11 state object).
+pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+    pub(crate) fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         if self.0.len() < n {
             return None;
         }
@@ -1156,18 +1157,25 @@ impl<'a> Reader<'a> {
         self.0 = b;
         Some(a)
     }
-    fn u8(&mut self) -> Option<u8> {
+    pub(crate) fn u8(&mut self) -> Option<u8> {
         self.take(1).map(|b| b[0])
     }
-    fn u16(&mut self) -> Option<u16> {
+    pub(crate) fn u16(&mut self) -> Option<u16> {
         self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
     }
-    fn u32(&mut self) -> Option<u32> {
+    pub(crate) fn u32(&mut self) -> Option<u32> {
         self.take(4)
             .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
-    fn text(&mut self, n: usize) -> Option<String> {
+    pub(crate) fn text(&mut self, n: usize) -> Option<String> {
         String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+    pub(crate) fn u64(&mut self) -> Option<u64> {
+        self.take(8)
+            .map(|b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])))
+    }
+    pub(crate) fn kcv(&mut self) -> Option<[u8; 3]> {
+        self.take(3).map(|b| [b[0], b[1], b[2]])
     }
 }
 

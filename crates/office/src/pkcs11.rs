@@ -51,6 +51,7 @@
 //! a time: a second open while the first is alive is refused, since its PIN could not be checked.
 //! SoftHSM2 reads its configuration (`SOFTHSM2_CONF`) at `C_Initialize`, i.e. at the first open.
 
+use crate::keystore::Reader;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -796,25 +797,6 @@ fn state_from_id(id: u8) -> Option<KeyState> {
     }
 }
 
-fn kind_id(k: CeremonyKind) -> u8 {
-    match k {
-        CeremonyKind::Created => 0,
-        CeremonyKind::Imported => 1,
-        CeremonyKind::Activated => 2,
-        CeremonyKind::Retired => 3,
-    }
-}
-
-fn kind_from_id(id: u8) -> Option<CeremonyKind> {
-    match id {
-        0 => Some(CeremonyKind::Created),
-        1 => Some(CeremonyKind::Imported),
-        2 => Some(CeremonyKind::Activated),
-        3 => Some(CeremonyKind::Retired),
-        _ => None,
-    }
-}
-
 // State layout (no key values anywhere): magic, u64 generation; u32 key count, then per key:
 // u8 name length, name, u8 version, u8 alg id, u8 state, 3 KCV bytes; u32 event count, then per
 // event: i64 time, u8 kind, u8 name length, name, u8 version, u16 operator length, operator,
@@ -836,7 +818,7 @@ fn encode(s: &State) -> Vec<u8> {
     out.extend_from_slice(&count(s.log.len()));
     for e in &s.log {
         out.extend_from_slice(&e.at_unix.to_be_bytes());
-        out.push(kind_id(e.kind));
+        out.push(e.kind.id());
         out.push(e.name.len() as u8);
         out.extend_from_slice(e.name.as_bytes());
         out.push(e.version);
@@ -847,39 +829,6 @@ fn encode(s: &State) -> Vec<u8> {
         out.extend_from_slice(&kcv);
     }
     out
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Some(a)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
-    }
-    fn u16(&mut self) -> Option<u16> {
-        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
-    }
-    fn u32(&mut self) -> Option<u32> {
-        self.take(4)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        self.take(8)
-            .map(|b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])))
-    }
-    fn text(&mut self, n: usize) -> Option<String> {
-        String::from_utf8(self.take(n)?.to_vec()).ok()
-    }
-    fn kcv(&mut self) -> Option<[u8; 3]> {
-        self.take(3).map(|b| [b[0], b[1], b[2]])
-    }
 }
 
 fn decode(bytes: &[u8]) -> Option<State> {
@@ -908,7 +857,7 @@ fn decode(bytes: &[u8]) -> Option<State> {
     }
     for _ in 0..r.u32()? {
         let at_unix = r.u64()? as i64;
-        let kind = kind_from_id(r.u8()?)?;
+        let kind = CeremonyKind::from_id(r.u8()?)?;
         let n = usize::from(r.u8()?);
         let name = r.text(n)?;
         let version = r.u8()?;
