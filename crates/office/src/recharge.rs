@@ -22,6 +22,10 @@
 //!    and posts the entry. A crash between CREDIT and that transaction leaves the pending row:
 //!    step 2 again. A TAC that does not verify is posted (the card was loaded) and flagged.
 //!
+//! The same path loads a replacement card from a lost card's share of the float
+//! ([`crate::replacement`]): the pending row names the funding card, and the posting moves that
+//! share instead of taking cash (no journal entry).
+//!
 //! The card I/O runs on the calling task (a card answers in milliseconds); no database
 //! transaction is open while the card is talked to.
 
