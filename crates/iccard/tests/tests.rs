@@ -7,6 +7,7 @@ mod cli_office;
 mod cli_terminal;
 mod office_support;
 mod pcsc_clients;
+mod pcsc_office;
 mod pcsc_env;
 mod pcsc_serve;
 mod pcsc_terminal;

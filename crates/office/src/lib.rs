@@ -96,6 +96,8 @@ pub mod products;
 pub mod recharge;
 pub mod replacement;
 pub mod reports;
+pub mod returns;
+pub mod shifts;
 pub mod store;
 
 pub use error::{OfficeError, Result};

@@ -12,4 +12,6 @@ mod keystore;
 mod lifecycle;
 mod pkcs11;
 mod recharge;
+mod returns;
+mod shifts;
 mod support;

@@ -5,6 +5,7 @@ pub mod demo;
 pub mod lifecycle;
 pub mod office;
 pub mod office_life;
+pub mod office_shift;
 pub mod perso;
 pub mod psam;
 pub mod reader;

@@ -120,6 +120,10 @@ pub enum OfficeCmd {
     /// A card's status.
     #[command(subcommand)]
     Card(super::office_life::CardCmd),
+    /// Cashier shifts at a recharge point: open with the cash in the drawer, close with the
+    /// cash counted; the difference from what the books expect is recorded.
+    #[command(subcommand)]
+    Shift(super::office_shift::ShiftCmd),
 }
 
 /// `office replace`.
@@ -541,6 +545,7 @@ async fn dispatch(a: &OfficeArgs) -> Result<ExitCode> {
                 OfficeCmd::Issue(c) => super::office_life::issue(ctx, c).await,
                 OfficeCmd::Loss(c) => super::office_life::loss(ctx, c).await,
                 OfficeCmd::Card(c) => super::office_life::card(ctx, c).await,
+                OfficeCmd::Shift(c) => super::office_shift::shift(ctx, c).await,
                 OfficeCmd::Init(_) | OfficeCmd::Status => unreachable!("handled above"),
             }
         }

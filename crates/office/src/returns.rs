@@ -1,0 +1,1 @@
+//! The return of a card (lead's work in progress).

@@ -1,0 +1,1 @@
+//! Cashier shifts (helper's work in progress).

@@ -1,0 +1,1 @@
+//! Returns of cards (lead's work in progress).

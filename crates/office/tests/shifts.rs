@@ -1,0 +1,1 @@
+//! Shifts (helper's work in progress).

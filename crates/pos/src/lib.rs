@@ -1,0 +1,1 @@
+//! # iccard-pos: the offline point of use (helper's work in progress)

@@ -1,0 +1,1 @@
+//! The point of use's integration tests (helper's work in progress).
