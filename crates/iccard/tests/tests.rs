@@ -4,6 +4,7 @@ mod cli_card;
 mod cli_crypto;
 mod cli_lifecycle;
 mod cli_office;
+mod cli_shift;
 mod cli_terminal;
 mod office_support;
 mod pcsc_clients;

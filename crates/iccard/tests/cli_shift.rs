@@ -1,0 +1,1 @@
+//! `iccard office shift` end to end (helper work in progress).
