@@ -36,6 +36,7 @@ use std::path::{Path, PathBuf};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use iccard_crypto::{ct_eq, diversify, kcv, pboc_mac, session_key, tac_key, PurseAlg, SessionKey};
+use iccard_terminal::OnlineKind;
 use serde::Serialize;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -43,6 +44,7 @@ use crate::office::Mode;
 
 /// Transaction type byte of an electronic-purse load (PBOC).
 const TX_EP_LOAD: u8 = 0x02;
+const TX_EP_UNLOAD: u8 = 0x13;
 /// Transaction type byte of an electronic-purse purchase (PBOC).
 const TX_EP_PURCHASE: u8 = 0x06;
 
@@ -300,9 +302,11 @@ pub struct CardKey {
     pub alg: PurseAlg,
 }
 
-/// Everything a load's MAC1 and MAC2 cover.
+/// Everything a load's (or an unload's) MAC1 and MAC2 cover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadRequest {
+    /// Load (type `02`) or unload (type `13`).
+    pub kind: OnlineKind,
     /// The card's keys.
     pub card: CardKey,
     /// Card random from INITIALIZE FOR LOAD.
@@ -331,7 +335,7 @@ impl LoadRequest {
     pub fn mac1_input(&self) -> Vec<u8> {
         let mut m = self.balance_before.to_be_bytes().to_vec();
         m.extend_from_slice(&self.amount.to_be_bytes());
-        m.push(TX_EP_LOAD);
+        m.push(self.kind.tx_type());
         m.extend_from_slice(&self.terminal_id);
         m
     }
@@ -340,11 +344,43 @@ impl LoadRequest {
     /// BCD time bytes).
     pub fn mac2_input(&self, when: &[u8; 7]) -> Vec<u8> {
         let mut m = self.amount.to_be_bytes().to_vec();
-        m.push(TX_EP_LOAD);
+        m.push(self.kind.tx_type());
         m.extend_from_slice(&self.terminal_id);
         m.extend_from_slice(when);
         m
     }
+
+    /// Unload MAC3 input: new balance ‖ online serial ‖ amount ‖ type ‖ terminal id ‖ date ‖
+    /// time.
+    pub fn mac3_input(&self, new_balance: u32, when: &[u8; 7]) -> Vec<u8> {
+        online_bytes(
+            self.kind.tx_type(),
+            new_balance,
+            self.online_serial,
+            self.amount,
+            &self.terminal_id,
+            when,
+        )
+    }
+}
+
+/// new balance ‖ online serial ‖ amount ‖ type ‖ terminal id ‖ date ‖ time.
+fn online_bytes(
+    tx_type: u8,
+    new_balance: u32,
+    online_serial: u16,
+    amount: u32,
+    terminal_id: &[u8; 6],
+    when: &[u8; 7],
+) -> Vec<u8> {
+    let mut m = Vec::with_capacity(24);
+    m.extend_from_slice(&new_balance.to_be_bytes());
+    m.extend_from_slice(&online_serial.to_be_bytes());
+    m.extend_from_slice(&amount.to_be_bytes());
+    m.push(tx_type);
+    m.extend_from_slice(terminal_id);
+    m.extend_from_slice(when);
+    m
 }
 
 /// What a TAC covers.
@@ -355,6 +391,19 @@ pub enum TacInput {
         /// Balance after the load.
         new_balance: u32,
         /// Online serial the load used.
+        online_serial: u16,
+        /// Amount.
+        amount: u32,
+        /// Terminal id.
+        terminal_id: [u8; 6],
+        /// Date (4 BCD bytes) ‖ time (3 BCD bytes).
+        when: [u8; 7],
+    },
+    /// A purse unload (the return of a card; type `13`).
+    Unload {
+        /// Balance after the unload.
+        new_balance: u32,
+        /// Online serial the unload used.
         online_serial: u16,
         /// Amount.
         amount: u32,
@@ -388,12 +437,30 @@ impl TacInput {
                 terminal_id,
                 when,
             } => {
-                m.extend_from_slice(&new_balance.to_be_bytes());
-                m.extend_from_slice(&online_serial.to_be_bytes());
-                m.extend_from_slice(&amount.to_be_bytes());
-                m.push(TX_EP_LOAD);
-                m.extend_from_slice(terminal_id);
-                m.extend_from_slice(when);
+                return online_bytes(
+                    TX_EP_LOAD,
+                    *new_balance,
+                    *online_serial,
+                    *amount,
+                    terminal_id,
+                    when,
+                )
+            }
+            TacInput::Unload {
+                new_balance,
+                online_serial,
+                amount,
+                terminal_id,
+                when,
+            } => {
+                return online_bytes(
+                    TX_EP_UNLOAD,
+                    *new_balance,
+                    *online_serial,
+                    *amount,
+                    terminal_id,
+                    when,
+                )
             }
             TacInput::Purchase {
                 amount,
@@ -422,6 +489,15 @@ pub trait Keystore {
     fn load_mac2(&self, load: &LoadRequest, when: &[u8; 7]) -> KsResult<[u8; 4]>;
     /// Whether a TAC is the card's for this transaction (`MTK` of the card's key version).
     fn verify_tac(&self, card: &CardKey, input: &TacInput, tac: &[u8; 4]) -> KsResult<bool>;
+    /// Whether the card's MAC3 of DEBIT FOR UNLOAD is right (the unload's session key, from
+    /// `MLK` of the card's key version).
+    fn unload_mac3_ok(
+        &self,
+        unload: &LoadRequest,
+        new_balance: u32,
+        when: &[u8; 7],
+        mac3: &[u8; 4],
+    ) -> KsResult<bool>;
     /// Generates a random key `name` at the next free version (inactive); logs `created`.
     fn generate(&mut self, name: &str, alg: PurseAlg, operator: &str) -> KsResult<KeyInfo>;
     /// Imports a 16-byte key as `(name, version)` (inactive); logs `imported`.
@@ -463,6 +539,17 @@ pub trait Keystore {
 fn mac1_ok(mlk: &[u8; 16], load: &LoadRequest, mac1: &[u8; 4]) -> bool {
     let expected = pboc_mac(&seslk(mlk, load), &load.mac1_input());
     ct_eq(&expected, mac1)
+}
+
+fn mac3_ok(
+    mlk: &[u8; 16],
+    unload: &LoadRequest,
+    new_balance: u32,
+    when: &[u8; 7],
+    mac3: &[u8; 4],
+) -> bool {
+    let expected = pboc_mac(&seslk(mlk, unload), &unload.mac3_input(new_balance, when));
+    ct_eq(&expected, mac3)
 }
 
 fn seslk(mlk: &[u8; 16], load: &LoadRequest) -> SessionKey {
@@ -572,6 +659,16 @@ impl DevKeystore {
 impl Keystore for DevKeystore {
     fn load_mac1_ok(&self, load: &LoadRequest, mac1: &[u8; 4]) -> KsResult<bool> {
         Ok(mac1_ok(self.key(MLK, load.card.key_version)?, load, mac1))
+    }
+    fn unload_mac3_ok(
+        &self,
+        unload: &LoadRequest,
+        new_balance: u32,
+        when: &[u8; 7],
+        mac3: &[u8; 4],
+    ) -> KsResult<bool> {
+        let mlk = self.key(MLK, unload.card.key_version)?;
+        Ok(mac3_ok(mlk, unload, new_balance, when, mac3))
     }
     fn load_mac2(&self, load: &LoadRequest, when: &[u8; 7]) -> KsResult<[u8; 4]> {
         let mlk = self.key(MLK, load.card.key_version)?;
@@ -1031,6 +1128,17 @@ impl Keystore for LocalKeystore {
     fn load_mac1_ok(&self, load: &LoadRequest, mac1: &[u8; 4]) -> KsResult<bool> {
         let mlk = self.active(MLK, load.card.key_version, load.card.alg)?;
         Ok(mac1_ok(mlk, load, mac1))
+    }
+
+    fn unload_mac3_ok(
+        &self,
+        unload: &LoadRequest,
+        new_balance: u32,
+        when: &[u8; 7],
+        mac3: &[u8; 4],
+    ) -> KsResult<bool> {
+        let mlk = self.active(MLK, unload.card.key_version, unload.card.alg)?;
+        Ok(mac3_ok(mlk, unload, new_balance, when, mac3))
     }
     fn load_mac2(&self, load: &LoadRequest, when: &[u8; 7]) -> KsResult<[u8; 4]> {
         let mlk = self.active(MLK, load.card.key_version, load.card.alg)?;

@@ -474,6 +474,17 @@ impl Keystore for Pkcs11Keystore {
         Ok(pboc_mac(&self.seslk(load)?, &load.mac2_input(when)))
     }
 
+    fn unload_mac3_ok(
+        &self,
+        unload: &LoadRequest,
+        new_balance: u32,
+        when: &[u8; 7],
+        mac3: &[u8; 4],
+    ) -> KsResult<bool> {
+        let expected = pboc_mac(&self.seslk(unload)?, &unload.mac3_input(new_balance, when));
+        Ok(ct_eq(&expected, mac3))
+    }
+
     fn verify_tac(&self, card: &CardKey, input: &TacInput, tac: &[u8; 4]) -> KsResult<bool> {
         let dtk = self.diversified(MTK, card)?;
         let expected = pboc_mac(&tac_key(card.alg, &dtk), &input.bytes());

@@ -62,6 +62,7 @@ fn unavailable(e: crate::keystore::KeystoreError) -> HostKeyError {
 
 fn load_request(ctx: &LoadContext) -> LoadRequest {
     LoadRequest {
+        kind: ctx.kind,
         card: card_key(&ctx.card),
         random: ctx.random,
         online_serial: ctx.online_serial,
@@ -108,6 +109,19 @@ impl HostKeys for KeystoreHost<'_> {
                 terminal_id,
                 when: when.bytes(),
             },
+            TerminalTac::Unload {
+                new_balance_fen,
+                online_serial,
+                amount_fen,
+                terminal_id,
+                when,
+            } => TacInput::Unload {
+                new_balance: new_balance_fen,
+                online_serial,
+                amount: amount_fen,
+                terminal_id,
+                when: when.bytes(),
+            },
             TerminalTac::Purchase {
                 amount_fen,
                 terminal_id,
@@ -122,6 +136,18 @@ impl HostKeys for KeystoreHost<'_> {
         };
         self.0
             .verify_tac(&card_key(card), &input, tac)
+            .map_err(unavailable)
+    }
+
+    fn unload_mac3_ok(
+        &self,
+        ctx: &LoadContext,
+        new_balance_fen: u32,
+        when: &TransactionTime,
+        mac3: &[u8; 4],
+    ) -> Result<bool, HostKeyError> {
+        self.0
+            .unload_mac3_ok(&load_request(ctx), new_balance_fen, &when.bytes(), mac3)
             .map_err(unavailable)
     }
 }

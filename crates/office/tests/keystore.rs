@@ -38,6 +38,7 @@ fn store_with_keys(dir: &tempfile::TempDir, alg: PurseAlg) -> LocalKeystore {
 
 fn load(alg: PurseAlg) -> LoadRequest {
     LoadRequest {
+        kind: iccard_terminal::OnlineKind::Load,
         card: CardKey {
             diversifier: [0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x42],
             key_version: 1,

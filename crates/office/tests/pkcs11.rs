@@ -182,6 +182,7 @@ fn load(
     amount: u32,
 ) -> LoadRequest {
     LoadRequest {
+        kind: iccard_terminal::OnlineKind::Load,
         card: CardKey {
             diversifier,
             key_version: 1,

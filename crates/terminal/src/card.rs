@@ -42,6 +42,8 @@ pub mod tx_type {
     pub const ED_UNLOAD: u8 = 0x03;
     /// Passbook purchase.
     pub const ED_PURCHASE: u8 = 0x05;
+    /// Purse unload (project-defined: PBOC defines unload for the passbook only).
+    pub const EP_UNLOAD: u8 = 0x13;
     /// Purse purchase.
     pub const EP_PURCHASE: u8 = 0x06;
     /// Compound purchase.
@@ -56,7 +58,7 @@ pub mod tx_type {
             ED_PURCHASE => "passbook purchase",
             EP_PURCHASE => "purchase",
             COMPOUND_PURCHASE => "compound purchase",
-            0x13 => "unload",
+            EP_UNLOAD => "unload",
             _ => "other",
         }
     }
@@ -314,6 +316,51 @@ impl<C: CardChannel> PurseCard<C> {
             random: arr(&r, 8),
             mac1: arr(&r, 12),
         })
+    }
+
+    /// INITIALIZE FOR UNLOAD (purse, `80 50 05 02`): the same answer as INITIALIZE FOR LOAD.
+    pub fn initialize_unload(
+        &mut self,
+        key_index: u8,
+        amount_fen: u32,
+        terminal_id: &[u8; 6],
+    ) -> Result<LoadInit, TerminalError> {
+        let r = expect(
+            &mut self.ch,
+            Device::Card,
+            "INITIALIZE FOR UNLOAD",
+            &Apdu::new(0x80, 0x50, 0x05, 0x02)
+                .with_data(Self::init_data(key_index, amount_fen, terminal_id))
+                .with_ne(0x10),
+            Some(0x10),
+        )?;
+        Ok(LoadInit {
+            balance_fen: u32::from_be_bytes(arr(&r, 0)),
+            online_serial: u16::from_be_bytes(arr(&r, 4)),
+            key_version: r[6],
+            alg_id: r[7],
+            random: arr(&r, 8),
+            mac1: arr(&r, 12),
+        })
+    }
+
+    /// DEBIT FOR UNLOAD (`80 54 03 00`); answers (MAC3, TAC). A lost answer is
+    /// [`TerminalError::Link`]: the caller cannot know whether the card executed it.
+    pub fn debit_for_unload(
+        &mut self,
+        when: &TransactionTime,
+        mac2: &[u8; 4],
+    ) -> Result<([u8; 4], [u8; 4]), TerminalError> {
+        let mut d = when.bytes().to_vec();
+        d.extend_from_slice(mac2);
+        let r = expect(
+            &mut self.ch,
+            Device::Card,
+            "DEBIT FOR UNLOAD",
+            &Apdu::new(0x80, 0x54, 0x03, 0x00).with_data(d).with_ne(8),
+            Some(8),
+        )?;
+        Ok((arr(&r, 0), arr(&r, 4)))
     }
 
     /// CREDIT FOR LOAD; answers the TAC. A lost answer is [`TerminalError::Link`] with step

@@ -12,8 +12,9 @@
 //! - `SESLK = session_key(DLK, random ‖ online serial ‖ 8000)`;
 //! - MAC1 = MAC(SESLK, old balance ‖ amount ‖ type ‖ terminal id);
 //! - MAC2 = MAC(SESLK, amount ‖ type ‖ terminal id ‖ date ‖ time);
-//! - load TAC = MAC(TAC key, new balance ‖ online serial ‖ amount ‖ type ‖ terminal id ‖ date ‖
-//!   time); purchase TAC = MAC(TAC key, amount ‖ type ‖ terminal id ‖ terminal serial ‖ date ‖
+//! - load and unload TAC = MAC(TAC key, new balance ‖ online serial ‖ amount ‖ type ‖ terminal
+//!   id ‖ date ‖ time); unload MAC3 = MAC(SESLK, the same bytes) (project-defined, docs/COS.md);
+//!   purchase TAC = MAC(TAC key, amount ‖ type ‖ terminal id ‖ terminal serial ‖ date ‖
 //!   time); TAC key = `tac_key(DTK)`.
 
 use crate::card::tx_type;
@@ -36,9 +37,32 @@ pub struct CardKeyRef {
     pub alg: PurseAlg,
 }
 
-/// Everything a load's MAC1 and MAC2 cover.
+/// Which online transaction: a load (type `02`) or an unload (type `13`, project-defined: PBOC
+/// defines unload for the passbook only). Both use the load key and the online serial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnlineKind {
+    /// CREDIT FOR LOAD.
+    #[default]
+    Load,
+    /// DEBIT FOR UNLOAD.
+    Unload,
+}
+
+impl OnlineKind {
+    /// The transaction type byte.
+    pub fn tx_type(self) -> u8 {
+        match self {
+            OnlineKind::Load => tx_type::EP_LOAD,
+            OnlineKind::Unload => tx_type::EP_UNLOAD,
+        }
+    }
+}
+
+/// Everything a load's (or an unload's) MAC1 and MAC2 cover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadContext {
+    /// Load or unload.
+    pub kind: OnlineKind,
     /// The card's keys.
     pub card: CardKeyRef,
     /// Card random from INITIALIZE FOR LOAD.
@@ -66,7 +90,7 @@ impl LoadContext {
     pub fn mac1_input(&self) -> Vec<u8> {
         let mut m = self.balance_before_fen.to_be_bytes().to_vec();
         m.extend_from_slice(&self.amount_fen.to_be_bytes());
-        m.push(tx_type::EP_LOAD);
+        m.push(self.kind.tx_type());
         m.extend_from_slice(&self.terminal_id);
         m
     }
@@ -74,11 +98,43 @@ impl LoadContext {
     /// MAC2 input: amount ‖ type ‖ terminal id ‖ date ‖ time.
     pub fn mac2_input(&self, when: &TransactionTime) -> Vec<u8> {
         let mut m = self.amount_fen.to_be_bytes().to_vec();
-        m.push(tx_type::EP_LOAD);
+        m.push(self.kind.tx_type());
         m.extend_from_slice(&self.terminal_id);
         m.extend_from_slice(&when.bytes());
         m
     }
+
+    /// Unload MAC3 input: new balance ‖ online serial ‖ amount ‖ type ‖ terminal id ‖ date ‖
+    /// time (the bytes of the TAC).
+    pub fn mac3_input(&self, new_balance_fen: u32, when: &TransactionTime) -> Vec<u8> {
+        online_bytes(
+            self.kind,
+            new_balance_fen,
+            self.online_serial,
+            self.amount_fen,
+            &self.terminal_id,
+            when,
+        )
+    }
+}
+
+/// new balance ‖ online serial ‖ amount ‖ type ‖ terminal id ‖ date ‖ time.
+fn online_bytes(
+    kind: OnlineKind,
+    new_balance_fen: u32,
+    online_serial: u16,
+    amount_fen: u32,
+    terminal_id: &[u8; 6],
+    when: &TransactionTime,
+) -> Vec<u8> {
+    let mut m = Vec::with_capacity(24);
+    m.extend_from_slice(&new_balance_fen.to_be_bytes());
+    m.extend_from_slice(&online_serial.to_be_bytes());
+    m.extend_from_slice(&amount_fen.to_be_bytes());
+    m.push(kind.tx_type());
+    m.extend_from_slice(terminal_id);
+    m.extend_from_slice(&when.bytes());
+    m
 }
 
 /// What a TAC covers.
@@ -89,6 +145,19 @@ pub enum TacInput {
         /// Balance after the load.
         new_balance_fen: u32,
         /// Online serial the load used.
+        online_serial: u16,
+        /// Amount.
+        amount_fen: u32,
+        /// Terminal id.
+        terminal_id: [u8; 6],
+        /// Date and time.
+        when: TransactionTime,
+    },
+    /// A purse unload (type `13`).
+    Unload {
+        /// Balance after the unload.
+        new_balance_fen: u32,
+        /// Online serial the unload used.
         online_serial: u16,
         /// Amount.
         amount_fen: u32,
@@ -122,12 +191,30 @@ impl TacInput {
                 terminal_id,
                 when,
             } => {
-                m.extend_from_slice(&new_balance_fen.to_be_bytes());
-                m.extend_from_slice(&online_serial.to_be_bytes());
-                m.extend_from_slice(&amount_fen.to_be_bytes());
-                m.push(tx_type::EP_LOAD);
-                m.extend_from_slice(terminal_id);
-                m.extend_from_slice(&when.bytes());
+                return online_bytes(
+                    OnlineKind::Load,
+                    *new_balance_fen,
+                    *online_serial,
+                    *amount_fen,
+                    terminal_id,
+                    when,
+                )
+            }
+            TacInput::Unload {
+                new_balance_fen,
+                online_serial,
+                amount_fen,
+                terminal_id,
+                when,
+            } => {
+                return online_bytes(
+                    OnlineKind::Unload,
+                    *new_balance_fen,
+                    *online_serial,
+                    *amount_fen,
+                    terminal_id,
+                    when,
+                )
             }
             TacInput::Purchase {
                 amount_fen,
@@ -160,6 +247,14 @@ pub trait HostKeys {
         card: &CardKeyRef,
         input: &TacInput,
         tac: &[u8; 4],
+    ) -> Result<bool, HostKeyError>;
+    /// Whether the card's MAC3 of DEBIT FOR UNLOAD is right (session key of the unload).
+    fn unload_mac3_ok(
+        &self,
+        ctx: &LoadContext,
+        new_balance_fen: u32,
+        when: &TransactionTime,
+        mac3: &[u8; 4],
     ) -> Result<bool, HostKeyError>;
 }
 
@@ -212,5 +307,16 @@ impl HostKeys for MasterKeyHost {
         let dtk = diversify(card.alg, &self.mtk, &card.diversifier);
         let key = tac_key(card.alg, &dtk);
         Ok(ct_eq(&pboc_mac(&key, &input.bytes()), tac))
+    }
+
+    fn unload_mac3_ok(
+        &self,
+        ctx: &LoadContext,
+        new_balance_fen: u32,
+        when: &TransactionTime,
+        mac3: &[u8; 4],
+    ) -> Result<bool, HostKeyError> {
+        let expected = pboc_mac(&self.seslk(ctx), &ctx.mac3_input(new_balance_fen, when));
+        Ok(ct_eq(&expected, mac3))
     }
 }

@@ -9,7 +9,7 @@
 //! - [`psam`]: the terminal's PSAM: terminal id, MAC1 generation, MAC2 verification ([`Psam`]);
 //! - [`host`]: what a recharge host needs from the issuer's keys ([`HostKeys`]), implemented in
 //!   memory by [`MasterKeyHost`] (development keys) until the keystore does it;
-//! - [`recharge`]: the online load ([`Recharge`]); [`purchase`]: the offline purchase with the
+//! - [`recharge`]: the online load ([`Recharge`]) and the unload of a returned card; [`purchase`]: the offline purchase with the
 //!   PSAM ([`Purchase`]);
 //! - [`pending`] and [`recovery`]: tear recovery. The terminal records what it knows before the
 //!   money-moving command leaves ([`PendingTransaction`]); when its answer is lost, the same card
@@ -38,7 +38,7 @@ pub mod time;
 
 pub use card::{read_balance, read_log, BalanceReport, CardIdentity, LogRecord, PurseCard};
 pub use error::{Device, HostKeyError, TerminalError};
-pub use host::{CardKeyRef, HostKeys, LoadContext, MasterKeyHost, TacInput};
+pub use host::{CardKeyRef, HostKeys, LoadContext, MasterKeyHost, OnlineKind, TacInput};
 pub use outcome::{LoadOutcome, PurchaseOutcome, RecoveryNote};
 pub use pending::{MemoryPending, PendingFile, PendingStore, PendingTransaction, TransactionKind};
 pub use psam::{Mac1Request, Psam};

@@ -1,5 +1,5 @@
 //! The pending transaction: what a terminal knows right before it sends the command that moves
-//! money (CREDIT FOR LOAD, DEBIT FOR PURCHASE), written durably *before* that command leaves,
+//! money (CREDIT FOR LOAD, DEBIT FOR PURCHASE, DEBIT FOR UNLOAD), written durably *before* that command leaves,
 //! and removed once the outcome is known.
 //!
 //! If the answer is lost (card pulled, power cut, crash), the record survives and
@@ -25,6 +25,8 @@ pub enum TransactionKind {
     Load,
     /// DEBIT FOR PURCHASE.
     Purchase,
+    /// DEBIT FOR UNLOAD (the return of a card).
+    Unload,
 }
 
 impl std::fmt::Display for TransactionKind {
@@ -32,6 +34,7 @@ impl std::fmt::Display for TransactionKind {
         f.write_str(match self {
             TransactionKind::Load => "load",
             TransactionKind::Purchase => "purchase",
+            TransactionKind::Unload => "unload",
         })
     }
 }
@@ -41,7 +44,7 @@ impl std::fmt::Display for TransactionKind {
 pub struct PendingTransaction {
     /// Format version ([`PENDING_FORMAT`]).
     pub format: u32,
-    /// Load or purchase.
+    /// Load, purchase or unload.
     pub kind: TransactionKind,
     /// Card number (for people).
     pub card_number: String,
@@ -76,6 +79,7 @@ impl PendingTransaction {
         match self.kind {
             TransactionKind::Load => crate::card::tx_type::EP_LOAD,
             TransactionKind::Purchase => crate::card::tx_type::EP_PURCHASE,
+            TransactionKind::Unload => crate::card::tx_type::EP_UNLOAD,
         }
     }
 }

@@ -9,25 +9,32 @@
 //!
 //! A lost answer to CREDIT FOR LOAD ends in [`TerminalError::AnswerLost`] with the record left
 //! pending; [`Recharge::resume`] finishes it exactly once.
+//!
+//! The same host runs the **unload** of a returned card ([`Recharge::prepare_unload`],
+//! [`Recharge::complete`]): INITIALIZE FOR UNLOAD, MAC1 checked, MAC2 computed, DEBIT FOR UNLOAD
+//! answering MAC3 ‖ TAC, both verified (type `13`, project-defined: docs/COS.md). A pending
+//! unload settles from the card's online serial like a pending load.
 
 use crate::card::{alg_of, PurseCard, DEFAULT_KEY_INDEX};
 use crate::error::TerminalError;
-use crate::host::{CardKeyRef, HostKeys, LoadContext, TacInput};
+use crate::host::{CardKeyRef, HostKeys, LoadContext, OnlineKind, TacInput};
 use crate::outcome::{LoadOutcome, RecoveryNote};
 use crate::pending::{PendingStore, PendingTransaction, TransactionKind, PENDING_FORMAT};
 use crate::recovery::{recover, Recovery};
 use crate::time::TransactionTime;
 use iccard_link::CardChannel;
 
-/// A load checked and authorized by the host, not yet sent to the card.
+/// A load (or unload) checked and authorized by the host, not yet sent to the card.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreparedLoad {
-    /// What must be recorded before CREDIT FOR LOAD leaves.
+    /// What must be recorded before CREDIT FOR LOAD (DEBIT FOR UNLOAD) leaves.
     pub pending: PendingTransaction,
     /// The host's MAC2.
     pub mac2: [u8; 4],
-    /// The balance after the load.
+    /// The balance after the load (unload).
     pub new_balance_fen: u32,
+    /// What MAC1 and MAC2 covered (the unload's MAC3 is checked against it).
+    pub context: LoadContext,
 }
 
 /// A recharge point: its terminal id and the host keys.
@@ -86,16 +93,50 @@ impl<'h, H: HostKeys + ?Sized> Recharge<'h, H> {
         amount_fen: u32,
         when: &TransactionTime,
     ) -> Result<PreparedLoad, TerminalError> {
+        self.prepare_online(OnlineKind::Load, card, amount_fen, when)
+    }
+
+    /// The same steps for an unload (the return of a card): INITIALIZE FOR UNLOAD, MAC1
+    /// checked, MAC2 computed. The card's validity date is not checked: an expired card is
+    /// returned too.
+    pub fn prepare_unload<C: CardChannel>(
+        &self,
+        card: &mut PurseCard<C>,
+        amount_fen: u32,
+        when: &TransactionTime,
+    ) -> Result<PreparedLoad, TerminalError> {
+        self.prepare_online(OnlineKind::Unload, card, amount_fen, when)
+    }
+
+    fn prepare_online<C: CardChannel>(
+        &self,
+        kind: OnlineKind,
+        card: &mut PurseCard<C>,
+        amount_fen: u32,
+        when: &TransactionTime,
+    ) -> Result<PreparedLoad, TerminalError> {
         if amount_fen == 0 {
-            return Err(TerminalError::Input(
-                "the amount to load must be at least 1 fen".into(),
-            ));
+            return Err(TerminalError::Input(format!(
+                "the amount to {} must be at least 1 fen",
+                match kind {
+                    OnlineKind::Load => "load",
+                    OnlineKind::Unload => "unload",
+                }
+            )));
         }
         let identity = card.identity().clone();
-        identity.check_valid_on(when)?;
-        let init = card.initialize_load(self.key_index, amount_fen, &self.terminal_id)?;
+        let init = match kind {
+            OnlineKind::Load => {
+                identity.check_valid_on(when)?;
+                card.initialize_load(self.key_index, amount_fen, &self.terminal_id)?
+            }
+            OnlineKind::Unload => {
+                card.initialize_unload(self.key_index, amount_fen, &self.terminal_id)?
+            }
+        };
         let alg = alg_of(init.alg_id)?;
         let ctx = LoadContext {
+            kind,
             card: CardKeyRef {
                 diversifier: identity.diversifier(),
                 key_index: self.key_index,
@@ -111,18 +152,15 @@ impl<'h, H: HostKeys + ?Sized> Recharge<'h, H> {
         if !self.host.load_mac1_ok(&ctx, &init.mac1)? {
             return Err(TerminalError::Mac1Invalid);
         }
-        let new_balance_fen =
-            init.balance_fen
-                .checked_add(amount_fen)
-                .ok_or(TerminalError::BalanceOverflow {
-                    balance_fen: init.balance_fen,
-                    amount_fen,
-                })?;
+        let new_balance_fen = new_balance(kind, init.balance_fen, amount_fen)?;
         let mac2 = self.host.load_mac2(&ctx, when)?;
         Ok(PreparedLoad {
             pending: PendingTransaction {
                 format: PENDING_FORMAT,
-                kind: TransactionKind::Load,
+                kind: match kind {
+                    OnlineKind::Load => TransactionKind::Load,
+                    OnlineKind::Unload => TransactionKind::Unload,
+                },
                 card_number: identity.card_number(),
                 application_serial: identity.application_serial,
                 serial: init.online_serial,
@@ -137,60 +175,87 @@ impl<'h, H: HostKeys + ?Sized> Recharge<'h, H> {
             },
             mac2,
             new_balance_fen,
+            context: ctx,
         })
     }
 
-    /// Steps 4–5: CREDIT FOR LOAD and the TAC verified. An error answer
-    /// ([`TerminalError::Refused`]) means the card moved no money; any other failure is
-    /// [`TerminalError::AnswerLost`]: the outcome is known only from the card, later
-    /// ([`Recharge::settle_pending`]).
+    /// Steps 4–5: CREDIT FOR LOAD (DEBIT FOR UNLOAD) and the TAC (and the unload's MAC3)
+    /// verified. An error answer ([`TerminalError::Refused`]) means the card moved no money;
+    /// any other failure is [`TerminalError::AnswerLost`]: the outcome is known only from the
+    /// card, later ([`Recharge::settle_pending`]).
     pub fn complete<C: CardChannel>(
         &self,
         card: &mut PurseCard<C>,
         prepared: &PreparedLoad,
     ) -> Result<LoadOutcome, TerminalError> {
         let pending = &prepared.pending;
-        let tac = match card.credit_for_load(&pending.when, &prepared.mac2) {
-            Ok(tac) => tac,
+        let (step, answer) = match prepared.context.kind {
+            OnlineKind::Load => (
+                "CREDIT FOR LOAD",
+                card.credit_for_load(&pending.when, &prepared.mac2)
+                    .map(|tac| (None, tac)),
+            ),
+            OnlineKind::Unload => (
+                "DEBIT FOR UNLOAD",
+                card.debit_for_unload(&pending.when, &prepared.mac2)
+                    .map(|(mac3, tac)| (Some(mac3), tac)),
+            ),
+        };
+        let (mac3, tac) = match answer {
+            Ok(a) => a,
             // An error answer: the card changed no money (card OS invariant).
             Err(e @ TerminalError::Refused { .. }) => return Err(e),
             Err(e) => {
                 return Err(TerminalError::AnswerLost {
-                    step: "CREDIT FOR LOAD",
+                    step,
                     pending: Box::new(pending.clone()),
                     cause: e.to_string(),
                 })
             }
         };
-        self.outcome(pending, prepared.new_balance_fen, Some(tac), None)
+        let mut outcome = self.outcome(pending, prepared.new_balance_fen, Some(tac), None)?;
+        if let Some(mac3) = mac3 {
+            let ok = self.host.unload_mac3_ok(
+                &prepared.context,
+                prepared.new_balance_fen,
+                &pending.when,
+                &mac3,
+            )?;
+            if !ok && outcome.suspicious.is_none() {
+                outcome.suspicious = Some(
+                    "the card's MAC3 does not verify: the card was unloaded, report this card \
+                     to the issuer"
+                        .into(),
+                );
+            }
+        }
+        Ok(outcome)
     }
 
-    /// What became of a pending load, asked of the card itself: `Some(outcome)` when the card
-    /// executed it (with its TAC when the card still holds the proof), `None` when it never did
-    /// (and never will: the pending MAC2 is bound to a serial the card has not used).
+    /// What became of a pending load or unload, asked of the card itself: `Some(outcome)` when
+    /// the card executed it (with its TAC when the card still holds the proof), `None` when it
+    /// never did (and never will: the pending MAC2 is bound to a serial the card has not used).
     pub fn settle_pending<C: CardChannel>(
         &self,
         card: &mut PurseCard<C>,
         pending: &PendingTransaction,
     ) -> Result<Option<LoadOutcome>, TerminalError> {
-        if pending.kind != TransactionKind::Load {
-            return Err(TerminalError::Input(format!(
-                "the pending transaction is a {}, not a load",
-                pending.kind
-            )));
-        }
+        let kind = match pending.kind {
+            TransactionKind::Load => OnlineKind::Load,
+            TransactionKind::Unload => OnlineKind::Unload,
+            TransactionKind::Purchase => {
+                return Err(TerminalError::Input(format!(
+                    "the pending transaction is a {}, not a load or an unload",
+                    pending.kind
+                )))
+            }
+        };
         match recover(card, pending)? {
             Recovery::Completed { proof } => {
-                let new_balance = pending
-                    .balance_before_fen
-                    .checked_add(pending.amount_fen)
-                    .ok_or(TerminalError::BalanceOverflow {
-                        balance_fen: pending.balance_before_fen,
-                        amount_fen: pending.amount_fen,
-                    })?;
+                let after = new_balance(kind, pending.balance_before_fen, pending.amount_fen)?;
                 self.outcome(
                     pending,
-                    new_balance,
+                    after,
                     proof.map(|p| p.tac),
                     Some(RecoveryNote::CompletedEarlier),
                 )
@@ -214,23 +279,32 @@ impl<'h, H: HostKeys + ?Sized> Recharge<'h, H> {
             key_version: p.key_version,
             alg,
         };
+        let input = if p.kind == TransactionKind::Unload {
+            TacInput::Unload {
+                new_balance_fen: new_balance,
+                online_serial: p.serial,
+                amount_fen: p.amount_fen,
+                terminal_id: p.terminal_id,
+                when: p.when,
+            }
+        } else {
+            TacInput::Load {
+                new_balance_fen: new_balance,
+                online_serial: p.serial,
+                amount_fen: p.amount_fen,
+                terminal_id: p.terminal_id,
+                when: p.when,
+            }
+        };
         let tac_verified = match tac {
-            Some(tac) => Some(self.host.verify_tac(
-                &card,
-                &TacInput::Load {
-                    new_balance_fen: new_balance,
-                    online_serial: p.serial,
-                    amount_fen: p.amount_fen,
-                    terminal_id: p.terminal_id,
-                    when: p.when,
-                },
-                &tac,
-            )?),
+            Some(tac) => Some(self.host.verify_tac(&card, &input, &tac)?),
             None => None,
         };
         let suspicious = (tac_verified == Some(false)).then(|| {
-            "the card's TAC does not verify: the card was loaded, report this load to the issuer"
-                .to_string()
+            format!(
+                "the card's TAC does not verify: the card's {} happened, report it to the issuer",
+                p.kind
+            )
         });
         Ok(LoadOutcome {
             card_number: p.card_number.clone(),
@@ -257,6 +331,12 @@ impl<'h, H: HostKeys + ?Sized> Recharge<'h, H> {
         pending: &PendingTransaction,
         store: &mut dyn PendingStore,
     ) -> Result<LoadOutcome, TerminalError> {
+        if pending.kind != TransactionKind::Load {
+            return Err(TerminalError::Input(format!(
+                "the pending transaction is a {}, not a load: settle it with settle_pending",
+                pending.kind
+            )));
+        }
         match self.settle_pending(card, pending)? {
             Some(outcome) => {
                 store.clear()?;
@@ -269,5 +349,22 @@ impl<'h, H: HostKeys + ?Sized> Recharge<'h, H> {
                 Ok(outcome)
             }
         }
+    }
+}
+
+/// The balance after a load or an unload of `amount_fen`.
+fn new_balance(kind: OnlineKind, before: u32, amount_fen: u32) -> Result<u32, TerminalError> {
+    match kind {
+        OnlineKind::Load => before
+            .checked_add(amount_fen)
+            .ok_or(TerminalError::BalanceOverflow {
+                balance_fen: before,
+                amount_fen,
+            }),
+        OnlineKind::Unload => before.checked_sub(amount_fen).ok_or_else(|| {
+            TerminalError::Input(format!(
+                "cannot unload {amount_fen} fen from a balance of {before} fen"
+            ))
+        }),
     }
 }

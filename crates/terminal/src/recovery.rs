@@ -1,10 +1,10 @@
-//! Tear recovery: did the card execute the pending CREDIT FOR LOAD or DEBIT FOR PURCHASE whose
-//! answer was lost?
+//! Tear recovery: did the card execute the pending CREDIT FOR LOAD, DEBIT FOR PURCHASE or DEBIT
+//! FOR UNLOAD whose answer was lost?
 //!
 //! The card moves its serial, its balance, its log record and its proof in one atomic commit
 //! (DESIGN §4), so its serial tells:
 //! 1. the card must be the same (application serial);
-//! 2. its current serial is read with INITIALIZE FOR LOAD/PURCHASE (the PBOC way; with amount 0
+//! 2. its current serial is read with INITIALIZE FOR LOAD/PURCHASE/UNLOAD (the PBOC way; with amount 0
 //!    when the pending amount is now refused, e.g. `9401` because the debit did happen);
 //! 3. serial unchanged → the command never ran: [`Recovery::NotDone`], repeat it;
 //! 4. serial + 1 → it ran: GET TRANSACTION PROOF for the pending serial gives MAC2 ‖ TAC:
@@ -84,6 +84,9 @@ fn current_serial<C: CardChannel>(
         TransactionKind::Purchase => card
             .initialize_purchase(p.key_index, amount, &p.terminal_id)
             .map(|i| i.offline_serial),
+        TransactionKind::Unload => card
+            .initialize_unload(p.key_index, amount, &p.terminal_id)
+            .map(|i| i.online_serial),
     };
     match read(card, p.amount_fen) {
         Err(e)

@@ -8,7 +8,7 @@ use iccard_crypto::PurseAlg;
 use iccard_link::{save_image, ImageCard};
 use iccard_terminal::{
     read_balance, read_log, MemoryPending, PendingFile, Purchase, Recharge, Recovery, RecoveryNote,
-    TerminalError,
+    TerminalError, TransactionKind,
 };
 
 fn loaded(card_number: &str, alg: PurseAlg, seed: u64, amount: u32) -> MemCard {
@@ -293,4 +293,80 @@ fn image_cards_survive_a_crash_between_debit_and_answer() {
         )
         .unwrap();
     assert_eq!(out.terminal_serial, 2);
+}
+
+#[test]
+fn an_unload_empties_the_purse_with_mac3_and_tac_verified() {
+    let host = host();
+    for (alg, seed) in [(PurseAlg::TripleDes, 21u64), (PurseAlg::Sm4, 22)] {
+        let mut card = loaded("2000000000000021", alg, seed, 3_300);
+        let mut purse = open(&mut card);
+        let rp = Recharge::new(&host, TERMINAL_ID);
+        let prepared = rp.prepare_unload(&mut purse, 3_300, &at("170000")).unwrap();
+        assert_eq!(prepared.pending.kind, TransactionKind::Unload);
+        assert_eq!(
+            prepared.pending.serial, 1,
+            "the online serial after one load"
+        );
+        assert_eq!(prepared.new_balance_fen, 0);
+        let out = rp.complete(&mut purse, &prepared).unwrap();
+        assert_eq!((out.balance_before_fen, out.balance_after_fen), (3_300, 0));
+        assert_eq!(out.tac_verified, Some(true), "{alg}");
+        assert_eq!(out.suspicious, None, "{alg}: MAC3 verified");
+        assert_eq!(read_balance(&mut card).unwrap().balance_fen, 0);
+        let log = read_log(&mut card).unwrap();
+        assert_eq!(log[0].tx_type, 0x13, "the card logged an unload");
+        assert_eq!(log[0].amount_fen, 3_300);
+    }
+}
+
+#[test]
+fn an_unload_beyond_the_balance_is_refused_by_the_card() {
+    let mut card = loaded("2000000000000022", PurseAlg::TripleDes, 23, 1_000);
+    let mut purse = open(&mut card);
+    let e = Recharge::new(&host(), TERMINAL_ID)
+        .prepare_unload(&mut purse, 1_001, &at("170000"))
+        .unwrap_err();
+    assert_eq!(
+        e.status(),
+        Some(iccard_apdu::StatusWord::INSUFFICIENT_BALANCE),
+        "{e}"
+    );
+    assert_eq!(read_balance(&mut card).unwrap().balance_fen, 1_000);
+}
+
+#[test]
+fn unloads_settle_both_ways_after_a_lost_answer() {
+    let host = host();
+    for (fault, done) in [(Fault::LoseAnswer, true), (Fault::LoseCommand, false)] {
+        let mut card = loaded("2000000000000023", PurseAlg::TripleDes, 24, 2_000);
+        let mut flaky = Flaky::new(&mut card, 0x54, fault);
+        let mut purse = open(&mut flaky);
+        let rp = Recharge::new(&host, TERMINAL_ID);
+        let prepared = rp.prepare_unload(&mut purse, 2_000, &at("171500")).unwrap();
+        let pending = lost(rp.complete(&mut purse, &prepared).unwrap_err());
+        assert_eq!(pending.kind, TransactionKind::Unload);
+        // Settling twice gives the same answer: the card decides, nothing is repeated.
+        for _ in 0..2 {
+            let settled = rp.settle_pending(&mut purse, &pending).unwrap();
+            match (done, settled) {
+                (true, Some(out)) => {
+                    assert_eq!(out.recovery, Some(RecoveryNote::CompletedEarlier));
+                    assert_eq!(out.tac_verified, Some(true));
+                    assert_eq!(out.balance_after_fen, 0);
+                }
+                (false, None) => {}
+                (d, s) => panic!("{fault:?}: expected done={d}, settled {s:?}"),
+            }
+        }
+        assert!(
+            matches!(
+                rp.resume(&mut purse, &pending, &mut MemoryPending::default()),
+                Err(TerminalError::Input(_))
+            ),
+            "resume repeats loads only"
+        );
+        let expected = if done { 0 } else { 2_000 };
+        assert_eq!(read_balance(&mut card).unwrap().balance_fen, expected);
+    }
 }
