@@ -578,7 +578,7 @@ pub fn personalize<C: CardChannel>(channel: C, p: &Personalization) -> Result<C,
 }
 
 /// A card key of `domain` for card data `d`, from `keys`.
-fn keyed(
+pub(crate) fn keyed(
     keys: &dyn IssuerKeys,
     master: &devkeys::DevKey,
     a: PurseAlg,

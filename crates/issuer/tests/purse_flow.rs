@@ -355,3 +355,40 @@ fn default_profile_is_valid_for_ten_years() {
         start[..4].parse::<u32>().unwrap() + 10
     );
 }
+
+#[test]
+fn a_returned_card_is_blocked_terminated_or_erased() {
+    use iccard_issuer::keys::DevIssuerKeys;
+    use iccard_issuer::recycle::{block_purse, erase_card, terminate_card};
+    use iccard_issuer::script::Admin;
+    for (alg, seed) in [(PurseAlg::TripleDes, 71u64), (PurseAlg::Sm4, 72)] {
+        let p = Personalization::new(CARD_NUMBER, "123456", alg);
+
+        // The purse blocked for good: every terminal gets 9303 from then on.
+        let mut admin = Admin::new(personalized(&p, seed));
+        block_purse(&mut admin, CARD_NUMBER, alg, &DevIssuerKeys).unwrap();
+        let mut card = admin.into_inner();
+        assert_eq!(select_purse(&mut card).1, 0x9303, "{alg}");
+        // A wrong card number means a wrong key: the card refuses the MAC.
+        let mut admin = Admin::new(personalized(&p, seed));
+        assert!(block_purse(&mut admin, "8860000000000002", alg, &DevIssuerKeys).is_err());
+        assert_eq!(select_purse(&mut admin.into_inner()).1, 0x9000);
+
+        // Terminated: GET DATA only.
+        let mut admin = Admin::new(personalized(&p, seed));
+        terminate_card(&mut admin, CARD_NUMBER, &DevIssuerKeys).unwrap();
+        let mut card = admin.into_inner();
+        let (state, sw) = send(&mut card, &Apdu::new(0x80, 0xCA, 0x9F, 0x70).with_ne(256));
+        assert_eq!(sw, 0x9000);
+        assert_eq!(state[3], CardState::Terminated as u8, "{state:02X?}");
+        assert_ne!(select_purse(&mut card).1, 0x9000);
+
+        // Erased: no application, no key; the chip data stays.
+        let mut admin = Admin::new(personalized(&p, seed));
+        erase_card(&mut admin, CARD_NUMBER, &DevIssuerKeys).unwrap();
+        let mut card = admin.into_inner();
+        assert_eq!(select_purse(&mut card).1, 0x6A82, "{alg}");
+        let (_, sw) = send(&mut card, &Apdu::new(0x80, 0xCA, 0x9F, 0x7F).with_ne(256));
+        assert_eq!(sw, 0x9000, "the chip data answers");
+    }
+}
