@@ -206,10 +206,21 @@ impl Journal {
         filter: &str,
         args: &[&dyn rusqlite::ToSql],
     ) -> Result<Vec<JournalRecord>> {
+        self.query_limited(filter, "", args)
+    }
+
+    /// Rows matching `filter` (a WHERE clause), by key, then `limit` (a LIMIT clause).
+    pub(crate) fn query_limited(
+        &self,
+        filter: &str,
+        limit: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<JournalRecord>> {
         let mut st = self
             .conn
             .prepare(&format!(
-                "SELECT {COLUMNS} FROM purchase {filter} ORDER BY terminal_id, terminal_serial"
+                "SELECT {COLUMNS} FROM purchase {filter} ORDER BY terminal_id, terminal_serial \
+                 {limit}"
             ))
             .map_err(|e| self.err(e))?;
         let rows = st.query_map(args, from_row).map_err(|e| self.err(e))?;

@@ -87,9 +87,9 @@ impl Journal {
         let tid = hex::encode(terminal_id);
         let limit = i64::try_from(max_records).unwrap_or(i64::MAX);
         let records: Vec<PurchaseRecord> = self
-            .query(
-                "WHERE terminal_id = ?1 AND upload_state = 'local' AND status != 'pending' \
-                 LIMIT ?2",
+            .query_limited(
+                "WHERE terminal_id = ?1 AND upload_state = 'local' AND status != 'pending'",
+                "LIMIT ?2",
                 &[&tid, &limit],
             )?
             .into_iter()

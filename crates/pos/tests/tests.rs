@@ -1,1 +1,7 @@
-//! The point of use's integration tests (helper's work in progress).
+//! Integration tests of iccard-pos: one test binary, one module per area.
+
+mod losslist;
+mod metered;
+mod sales;
+mod support;
+mod upload;
