@@ -7,7 +7,7 @@
 //! Online: [`Journal::next_batch`] then, with the office's answer, [`Journal::mark_uploaded`].
 //! Never online: [`Journal::export_batch_file`] writes every unanswered batch to a file
 //! carried by hand ([`read_batch_file`] reads and checks it); the answers come back the same
-//! way.
+//! way ([`BatchResults`], applied with [`Journal::mark_answered`]).
 //!
 //! Failed records are uploaded too: every terminal serial the PSAM gave appears once, so the
 //! back office sees gaps.
@@ -15,8 +15,8 @@
 use crate::error::{PosError, Result};
 use crate::journal::{Journal, UploadState};
 use crate::record::{
-    verify_chain, Batch, BatchFile, PurchaseRecord, RecordError, RecordResult, ResultCode,
-    BATCH_FILE_FORMAT, GENESIS_HASH,
+    verify_chain, Batch, BatchFile, BatchResults, PurchaseRecord, RecordError, RecordResult,
+    ResultCode, BATCH_FILE_FORMAT, GENESIS_HASH,
 };
 use iccard_apdu::hex;
 use rusqlite::{params, OptionalExtension};
@@ -254,6 +254,38 @@ impl Journal {
         .map_err(e)?;
         tx.commit().map_err(e)?;
         Ok(summary)
+    }
+
+    /// Records an answer that came without its batch (carried back by hand): the batch is
+    /// the stored one with the answer's terminal id and sequence, and must have its hash.
+    pub fn mark_answered(&mut self, answer: &BatchResults) -> Result<UploadSummary> {
+        let seq = i64::try_from(answer.sequence).map_err(|e| self.err(e))?;
+        let body: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT body FROM batch WHERE terminal_id = ?1 AND sequence = ?2",
+                params![answer.terminal_id, seq],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let Some(body) = body else {
+            return Err(PosError::Results(format!(
+                "no batch {} of terminal {} in the journal",
+                answer.sequence, answer.terminal_id
+            )));
+        };
+        let batch: Batch = serde_json::from_str(&body).map_err(|e| PosError::Corrupt {
+            path: self.path.display().to_string(),
+            message: format!("a stored batch is unreadable: {e}"),
+        })?;
+        if batch.hash != answer.hash {
+            return Err(PosError::Results(format!(
+                "the answer is for batch hash {}, batch {} has {}",
+                answer.hash, batch.sequence, batch.hash
+            )));
+        }
+        self.mark_uploaded(&batch, &answer.results)
     }
 
     /// Seals every record not yet in a batch (batches of up to `max_records`) and writes all

@@ -4,8 +4,8 @@
 use crate::support::*;
 use iccard_pos::record::{sha256_hex, RecordError};
 use iccard_pos::{
-    read_batch_file, verify_chain, Batch, PointOfUse, PosError, RecordResult, RecordStatus,
-    ResultCode, UploadState, GENESIS_HASH,
+    read_batch_file, verify_chain, Batch, BatchResults, PointOfUse, PosError, RecordResult,
+    RecordStatus, ResultCode, UploadState, GENESIS_HASH,
 };
 
 /// A point of use with `n` sales on one card (and one torn, still pending).
@@ -236,9 +236,33 @@ fn the_export_file_round_trips_and_shows_tampering() {
         ),
         "{e}"
     );
-    // The answers come back by hand.
+    // The answers come back by hand, as JSON, without their batches.
+    let mut wrong = BatchResults {
+        terminal_id: TERMINAL_HEX.into(),
+        sequence: 2,
+        hash: file.batches[1].hash.clone(),
+        results: all_ok(&file.batches[0]),
+    };
+    assert!(matches!(
+        pos.journal_mut().mark_answered(&wrong),
+        Err(PosError::Results(_))
+    ));
+    wrong.sequence = 9;
+    assert!(matches!(
+        pos.journal_mut().mark_answered(&wrong),
+        Err(PosError::Results(_))
+    ));
     for b in &file.batches {
-        pos.journal_mut().mark_uploaded(b, &all_ok(b)).unwrap();
+        let answer = BatchResults {
+            terminal_id: b.terminal_id.clone(),
+            sequence: b.sequence,
+            hash: b.hash.clone(),
+            results: all_ok(b),
+        };
+        let json = serde_json::to_string(&answer).unwrap();
+        let back: BatchResults = serde_json::from_str(&json).unwrap();
+        let summary = pos.journal_mut().mark_answered(&back).unwrap();
+        assert_eq!(summary.accepted, b.records.len());
     }
     assert!(pos.journal().open_batches(&TERMINAL_ID).unwrap().is_empty());
 }
