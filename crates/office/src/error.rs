@@ -229,6 +229,22 @@ pub enum OfficeError {
     /// Password hashing failed.
     #[error("password hashing failed: {0}")]
     PasswordHash(String),
+    /// DEBIT FOR UNLOAD left and its answer was lost: the return stays open.
+    #[error("the answer to DEBIT FOR UNLOAD from card {application_serial} was lost ({cause}): the return is open; present the card again (`iccard office return --resume`) and the card's own serial will show whether the unload happened; pay no refund before that")]
+    ReturnAnswerLost {
+        /// The card.
+        application_serial: String,
+        /// What went wrong.
+        cause: String,
+    },
+    /// The refund the operator accepted is not the one the office computes now.
+    #[error("the refund quoted was {quoted_minor} but is {now_minor} now (the card or the rules changed): show the new quote to the holder and confirm it")]
+    QuoteChanged {
+        /// What the operator confirmed.
+        quoted_minor: i64,
+        /// What the rules give now.
+        now_minor: i64,
+    },
     /// Stored data contradicts itself.
     #[error("stored data is inconsistent: {0}; run `iccard office check`")]
     Corrupt(String),

@@ -5,6 +5,10 @@
 //! people and machines but move no money, clerks move money but manage nobody, auditors only
 //! read and verify.
 //!
+//! Cashier shifts: recharge and issuance clerks open and close their own shift at a recharge
+//! point; an administrator may close another operator's shift (a supervisor close, with a
+//! reason) but opens none, so administrators still move no money of their own.
+//!
 //! Card products and manufacture belong to administrators: defining and revising products,
 //! receiving chip lots, opening production orders and batches, recording every production stage
 //! and allocating stock to branches and operators. No money moves in any of them, and the
@@ -92,11 +96,13 @@ impl Role {
                     | RecordProductionStage
                     | AllocateCards
                     | ReturnCardsToStock
+                    | CloseShift
             ),
-            Role::IssuanceClerk => {
-                matches!(action, OpenCard | IssueCard | ReportLoss | WithdrawLoss)
-            }
-            Role::RechargeClerk => matches!(action, LoadCard | BankDeposit),
+            Role::IssuanceClerk => matches!(
+                action,
+                OpenCard | IssueCard | ReportLoss | WithdrawLoss | ReturnCard | OpenShift | CloseShift
+            ),
+            Role::RechargeClerk => matches!(action, LoadCard | BankDeposit | OpenShift | CloseShift),
             Role::Auditor => matches!(action, Check | VerifyAudit | ReadLedger),
         }
     }
@@ -168,6 +174,13 @@ pub enum Action {
     AllocateCards,
     /// Take allocated cards back into stock.
     ReturnCardsToStock,
+    /// Take back a holder's card: unload its purse, refund, block or erase it.
+    ReturnCard,
+    /// Open a cashier shift at a recharge point with the cash counted in the drawer.
+    OpenShift,
+    /// Close a cashier shift with the cash counted (one's own; an administrator closes
+    /// another's as a supervisor, with a reason).
+    CloseShift,
 }
 
 impl Action {
@@ -202,6 +215,9 @@ impl Action {
             Action::RecordProductionStage => "record_production_stage",
             Action::AllocateCards => "allocate_cards",
             Action::ReturnCardsToStock => "return_cards_to_stock",
+            Action::ReturnCard => "return_card",
+            Action::OpenShift => "open_shift",
+            Action::CloseShift => "close_shift",
         }
     }
 }

@@ -242,6 +242,9 @@ async fn roles_decide_what_runs(store: Store) {
         Check,
         VerifyAudit,
         ReadLedger,
+        OpenShift,
+        CloseShift,
+        ReturnCard,
     ];
     let allowed =
         |role: Role| -> Vec<Action> { all.iter().copied().filter(|a| role.permits(*a)).collect() };
@@ -256,11 +259,18 @@ async fn roles_decide_what_runs(store: Store) {
             RetireMachine,
             SettlePurchase,
             Check,
-            VerifyAudit
+            VerifyAudit,
+            CloseShift
         ]
     );
-    assert_eq!(allowed(Role::IssuanceClerk), vec![OpenCard]);
-    assert_eq!(allowed(Role::RechargeClerk), vec![LoadCard, BankDeposit]);
+    assert_eq!(
+        allowed(Role::IssuanceClerk),
+        vec![OpenCard, OpenShift, CloseShift, ReturnCard]
+    );
+    assert_eq!(
+        allowed(Role::RechargeClerk),
+        vec![LoadCard, BankDeposit, OpenShift, CloseShift]
+    );
     assert_eq!(allowed(Role::Auditor), vec![Check, VerifyAudit, ReadLedger]);
 
     let w = world(store.clone()).await;

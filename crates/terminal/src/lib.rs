@@ -43,6 +43,6 @@ pub use outcome::{LoadOutcome, PurchaseOutcome, RecoveryNote};
 pub use pending::{MemoryPending, PendingFile, PendingStore, PendingTransaction, TransactionKind};
 pub use psam::{Mac1Request, Psam};
 pub use purchase::Purchase;
-pub use recharge::{PreparedLoad, Recharge};
+pub use recharge::{PreparedLoad, ProvenBalance, Recharge};
 pub use recovery::{recover, Recovery};
 pub use time::TransactionTime;

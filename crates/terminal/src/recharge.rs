@@ -37,6 +37,19 @@ pub struct PreparedLoad {
     pub context: LoadContext,
 }
 
+/// A purse balance the card proved with its MAC1 ([`Recharge::proven_balance`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProvenBalance {
+    /// The balance.
+    pub balance_fen: u32,
+    /// The online serial the next load or unload uses.
+    pub online_serial: u16,
+    /// The key version the card announced.
+    pub key_version: u8,
+    /// The purse's algorithm generation.
+    pub alg: iccard_crypto::PurseAlg,
+}
+
 /// A recharge point: its terminal id and the host keys.
 pub struct Recharge<'h, H: HostKeys + ?Sized> {
     host: &'h H,
@@ -94,6 +107,40 @@ impl<'h, H: HostKeys + ?Sized> Recharge<'h, H> {
         when: &TransactionTime,
     ) -> Result<PreparedLoad, TerminalError> {
         self.prepare_online(OnlineKind::Load, card, amount_fen, when)
+    }
+
+    /// The card's balance and online serial, proven by the card: INITIALIZE FOR UNLOAD of 0
+    /// with its MAC1 checked by the host (a card that is not ours, or a balance not its own,
+    /// fails). Nothing moves; the card forgets the unfinished unload at its next command.
+    pub fn proven_balance<C: CardChannel>(
+        &self,
+        card: &mut PurseCard<C>,
+    ) -> Result<ProvenBalance, TerminalError> {
+        let identity = card.identity().clone();
+        let init = card.initialize_unload(self.key_index, 0, &self.terminal_id)?;
+        let ctx = LoadContext {
+            kind: OnlineKind::Unload,
+            card: CardKeyRef {
+                diversifier: identity.diversifier(),
+                key_index: self.key_index,
+                key_version: init.key_version,
+                alg: alg_of(init.alg_id)?,
+            },
+            random: init.random,
+            online_serial: init.online_serial,
+            balance_before_fen: init.balance_fen,
+            amount_fen: 0,
+            terminal_id: self.terminal_id,
+        };
+        if !self.host.load_mac1_ok(&ctx, &init.mac1)? {
+            return Err(TerminalError::Mac1Invalid);
+        }
+        Ok(ProvenBalance {
+            balance_fen: init.balance_fen,
+            online_serial: init.online_serial,
+            key_version: init.key_version,
+            alg: ctx.card.alg,
+        })
     }
 
     /// The same steps for an unload (the return of a card): INITIALIZE FOR UNLOAD, MAC1
