@@ -97,8 +97,11 @@ pub mod recharge;
 pub mod replacement;
 pub mod reports;
 pub mod returns;
+pub mod settlement;
 pub mod shifts;
 pub mod store;
+pub mod upload;
+pub mod upload_http;
 
 pub use error::{OfficeError, Result};
 pub use office::{

@@ -13,5 +13,6 @@ mod lifecycle;
 mod pkcs11;
 mod recharge;
 mod returns;
+mod settlement;
 mod shifts;
 mod support;

@@ -124,6 +124,10 @@ pub enum OfficeCmd {
     /// cash counted; the difference from what the books expect is recorded.
     #[command(subcommand)]
     Shift(super::office_shift::ShiftCmd),
+    /// Offline purchases: uploads (a batch file, or the upload service terminals post to),
+    /// settlement with every TAC verified, cases, the reconciliation report.
+    #[command(subcommand)]
+    Settlement(super::office_settle::SettlementCmd),
 }
 
 /// `office replace`.
@@ -546,6 +550,7 @@ async fn dispatch(a: &OfficeArgs) -> Result<ExitCode> {
                 OfficeCmd::Loss(c) => super::office_life::loss(ctx, c).await,
                 OfficeCmd::Card(c) => super::office_life::card(ctx, c).await,
                 OfficeCmd::Shift(c) => super::office_shift::shift(ctx, c).await,
+                OfficeCmd::Settlement(c) => super::office_settle::settlement(ctx, c).await,
                 OfficeCmd::Init(_) | OfficeCmd::Status => unreachable!("handled above"),
             }
         }

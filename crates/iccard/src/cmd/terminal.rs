@@ -35,6 +35,10 @@ pub enum TerminalCmd {
     Balance(CardArgs),
     /// The transaction log, newest first.
     Log(CardArgs),
+    /// The offline point of use: sales and metered use journaled in the terminal's own
+    /// database, the loss list kept, records uploaded (or exported for carrying by hand).
+    #[command(subcommand)]
+    Run(super::pos::RunCmd),
 }
 
 /// Date and time options shared by the money-moving commands.
@@ -121,6 +125,7 @@ pub fn run(c: &TerminalCmd) -> Result<()> {
         TerminalCmd::Purchase(a) => purchase(a),
         TerminalCmd::Balance(a) => balance(a),
         TerminalCmd::Log(a) => log(a),
+        TerminalCmd::Run(c) => super::pos::run(c),
     }
 }
 

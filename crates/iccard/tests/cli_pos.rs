@@ -1,0 +1,1 @@
+//! iccard terminal run end to end (helper's work in progress).

@@ -1,0 +1,1 @@
+//! iccard office settlement end to end (helper's work in progress).

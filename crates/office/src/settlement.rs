@@ -1,0 +1,1 @@
+//! settlement (helper's work in progress).

@@ -1,0 +1,1 @@
+//! upload (helper's work in progress).

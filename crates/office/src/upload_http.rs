@@ -1,0 +1,1 @@
+//! upload_http (helper's work in progress).

@@ -1,0 +1,1 @@
+//! Settlement tests (helper's work in progress).
