@@ -1,7 +1,8 @@
 //! The card life cycle through `iccard office`: a development office, a product, a chip lot,
 //! a production order and a batch run into card images (every stage recorded, the cards in
 //! stock), issuance at a recharge point with the first recharge, another recharge, the loss list
-//! (a lost card refused), and the refusals with their exit codes (a typo in a card number, a
+//! (a lost card refused), a replacement, the return of a card (quote, confirm, recode), and the
+//! refusals with their exit codes (a typo in a card number, a
 //! clerk running production, a registered card without a holder, a card issued twice) that
 //! change nothing. On SQLite, and on PostgreSQL when `ICCARD_TEST_POSTGRES_URL` is set.
 
@@ -521,6 +522,84 @@ fn scenario(office: &Path, images: &Path, env: &[(&str, &str)]) {
     assert_eq!(moved["new_card"], fresh_number.as_str(), "{moved}");
     let st = json(office, env, &root(&["card", "status", &number]));
     assert_eq!(st["status"], "replaced", "{st}");
+
+    // The replacement card comes back: the quote first, then the return at that figure.
+    let fee = json(office, env, &root(&["settings", "return-fee", "150"]));
+    assert_eq!(fee["return_fee_minor"], 150, "{fee}");
+    let quote_args = at(
+        "ivy",
+        "RP-001",
+        &["return", "quote", "--card", &images_made[1]],
+    );
+    let q = json(office, &clerk, &quote_args);
+    assert_eq!(q["card_balance_minor"], 7000, "{q}");
+    assert_eq!(q["deposit_refund_minor"], q["deposit_held_minor"], "{q}");
+    assert_eq!(q["fee_minor"], 150, "{q}");
+    let refund = q["refund_minor"].as_i64().unwrap();
+    assert_eq!(
+        refund,
+        7000 + q["deposit_held_minor"].as_i64().unwrap() - 150,
+        "{q}"
+    );
+    let confirm = |accept: &str| {
+        at(
+            "ivy",
+            "RP-001",
+            &[
+                "return",
+                "confirm",
+                "--card",
+                &images_made[1],
+                "--disposition",
+                "refurbish",
+                "--accept-refund",
+                accept,
+            ],
+        )
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<String>>()
+    };
+    let wrong = confirm(&(refund + 1).to_string());
+    let wrong: Vec<&str> = wrong.iter().map(String::as_str).collect();
+    let err = fails(office, &clerk, &wrong, 1);
+    assert!(err.contains("quoted"), "{err}");
+    // A recharge clerk does not take cards back.
+    fails(
+        office,
+        &clerk,
+        &at(
+            "rita",
+            "RP-001",
+            &["return", "quote", "--card", &images_made[1]],
+        ),
+        1,
+    );
+    let right = confirm(&refund.to_string());
+    let right: Vec<&str> = right.iter().map(String::as_str).collect();
+    let r = json(office, &clerk, &right);
+    assert_eq!(r["refund_minor"], refund, "{r}");
+    assert_eq!(r["unloaded_minor"], 7000, "{r}");
+    assert_eq!(r["tac_verified"], true, "{r}");
+    assert_eq!(r["inventory_state"], "refurbished", "{r}");
+    let st = json(office, env, &root(&["card", "status", &fresh_number]));
+    assert_eq!(st["status"], "returned", "{st}");
+    let open = json(office, env, &root(&["return", "list"]));
+    assert_eq!(open.as_array().unwrap().len(), 0, "{open}");
+    // Coded again at the console, tested, back in stock.
+    let back = json(
+        office,
+        env,
+        &root(&["return", "recode", "--card", &images_made[1]]),
+    );
+    assert_eq!(back["state"], "in_stock", "{back}");
+    // A card that is not refurbished is not coded again.
+    fails(
+        office,
+        env,
+        &root(&["return", "recode", "--card", &images_made[1]]),
+        1,
+    );
 
     // The books are clean.
     let c = json(office, env, &root(&["check"]));

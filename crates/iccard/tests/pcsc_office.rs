@@ -591,7 +591,7 @@ fn refusals_through_pcscd_change_neither_card_nor_books() {
 
     // A load that would take the card above its product's maximum balance (10,000).
     let before = audit(&office).len();
-    let err = fails(&office, CLERK, &recharge_args("6001"), 2);
+    let err = fails(&office, CLERK, &recharge_args("6001"), 1);
     assert!(
         err.contains("maximum balance") && err.contains("10001"),
         "{err}"
@@ -617,7 +617,7 @@ fn refusals_through_pcscd_change_neither_card_nor_books() {
     let l = json(&office, CLERK, &recharge_args("6000"));
     assert_eq!(l["load"]["balance_after_minor"], 10_000, "{l}");
     assert_eq!(reader_balance(d), (number.clone(), 10_000));
-    let err = fails(&office, CLERK, &recharge_args("1"), 2);
+    let err = fails(&office, CLERK, &recharge_args("1"), 1);
     assert!(err.contains("maximum balance"), "{err}");
     assert_eq!(reader_balance(d), (number.clone(), 10_000));
     assert_eq!(count(&served.log_text(), CREDIT_FOR_LOAD), 2);
@@ -660,7 +660,7 @@ fn refusals_through_pcscd_change_neither_card_nor_books() {
         CLERK,
         &at_rp("ivy", &["loss", "withdraw", &number, "--reason", "found"]),
     );
-    let err = fails(&office, CLERK, &recharge_args("1"), 2);
+    let err = fails(&office, CLERK, &recharge_args("1"), 1);
     assert!(err.contains("maximum balance"), "{err}");
     drop(served);
     check_clean(&office);

@@ -229,6 +229,16 @@ pub enum OfficeError {
     /// Password hashing failed.
     #[error("password hashing failed: {0}")]
     PasswordHash(String),
+    /// A load would take the card above its product's maximum balance.
+    #[error("card {application_serial} would hold {after_minor}, above its product's maximum balance {max_minor}: load less")]
+    AboveMaximumBalance {
+        /// The card.
+        application_serial: String,
+        /// The balance after the load.
+        after_minor: i64,
+        /// The maximum.
+        max_minor: i64,
+    },
     /// DEBIT FOR UNLOAD left and its answer was lost: the return stays open.
     #[error("the answer to DEBIT FOR UNLOAD from card {application_serial} was lost ({cause}): the return is open; present the card again (`iccard office return --resume`) and the card's own serial will show whether the unload happened; pay no refund before that")]
     ReturnAnswerLost {

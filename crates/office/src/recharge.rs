@@ -361,9 +361,11 @@ impl Office {
                         s,
                         Action::LoadCard,
                         &subject,
-                        OfficeError::AmountOutOfRange(format!(
-                            "the card would hold {after}, above its product's maximum balance {max}"
-                        )),
+                        OfficeError::AboveMaximumBalance {
+                            application_serial: serial.clone(),
+                            after_minor: after,
+                            max_minor: max,
+                        },
                     )
                     .await;
             }

@@ -178,7 +178,16 @@ async fn issue_then_first_recharge(store: Store) {
         )
         .await
         .unwrap_err();
-    assert!(matches!(err, OfficeError::AmountOutOfRange(_)), "{err}");
+    assert!(
+        matches!(
+            err,
+            OfficeError::AboveMaximumBalance {
+                max_minor: 50_000,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(
         read_balance(purse.into_inner()).unwrap().balance_fen,
         10_000

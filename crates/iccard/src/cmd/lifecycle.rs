@@ -4,7 +4,8 @@
 //! functional test and is voided), cards issued with their first recharge, more recharges, an
 //! offline purchase at a point of sale with its PSAM, its settlement, a loss report that blocks
 //! the card, a replacement card that receives the lost card's balance after the late-record
-//! window, and the books checked at the end.
+//! window, a card returned with its refund (unloaded on the card, erased, coded again and back
+//! in stock), and the books checked at the end.
 
 use std::path::{Path, PathBuf};
 
@@ -13,7 +14,7 @@ use iccard_apdu::hex;
 use iccard_cos::{Card, ChipData, Manufacture};
 use iccard_issuer::functional::test_card;
 use iccard_issuer::manufacture;
-use iccard_link::{save_image, ImageCard, OsRandom};
+use iccard_link::{load_image, save_image, ImageCard, OsRandom};
 use iccard_office::issuance::{HolderData, IssueRequest};
 use iccard_office::keystore::DevKeystore;
 use iccard_office::machines::{MachineKind, NewMachine};
@@ -24,6 +25,7 @@ use iccard_office::products::{
     Algorithm, ApplicationKind, CardType, NewProduct, ProductApplication, ProductProfile,
 };
 use iccard_office::recharge::{terminal_id_of, RechargeRequest};
+use iccard_office::returns::{Condition, Disposition, ReturnRequest};
 use iccard_office::{
     InitConfig, Mode, NewOperator, Office, Password, Role, Session, SettlePurchase, Store,
 };
@@ -493,7 +495,64 @@ pub async fn run(dir: &Path, kept: bool) -> Result<()> {
     );
     drop(fresh);
 
-    stage(8, "The books: iccard office check");
+    stage(
+        8,
+        "Return: the first holder hands the card back; refund quoted, purse unloaded, card erased and back in stock",
+    );
+    office.set_return_fee(&admin, 200).await?;
+    println!("  (return fee set to 2.00 by the administrator)");
+    let mut purse = PurseCard::open(ImageCard::open(card1)?)?;
+    let quote = office
+        .return_quote(&ivy, &keys, &mut purse, Condition::Good)
+        .await?;
+    for l in &quote.lines {
+        println!("  quote {:>10}  {}", yuan(l.amount_minor), l.rule);
+    }
+    println!("  quote {:>10}  refund in cash", yuan(quote.refund_minor));
+    let back = office
+        .return_card(
+            &ivy,
+            &keys,
+            &mut purse,
+            ReturnRequest {
+                condition: Condition::Good,
+                disposition: Disposition::Refurbish,
+                accepted_refund_minor: quote.refund_minor,
+                when,
+            },
+        )
+        .await?;
+    drop(purse);
+    println!(
+        "  card {} unloaded {} on the card (DEBIT FOR UNLOAD, TAC {}), refund {} paid; purse blocked, card erased; chip {} {}",
+        back.card_number,
+        yuan(back.unloaded_minor),
+        back.tac.as_deref().unwrap_or("-"),
+        yuan(back.refund_minor),
+        back.chip_serial.as_deref().unwrap_or("-"),
+        back.inventory_state.unwrap_or("-")
+    );
+    if let Some(chip) = &back.chip_serial {
+        let serial = u64::from_str_radix(chip, 16)?.to_be_bytes();
+        let spec = manufacture::BlankCard {
+            chip_serial: serial,
+            production_date: today,
+            batch: 1,
+            transport_key_version: 1,
+            attack_threshold: manufacture::DEFAULT_ATTACK_THRESHOLD,
+        };
+        let card = manufacture::make_blank(load_image(card1)?, OsRandom, &spec)?;
+        save_image(card1, &card.into_eeprom())?;
+        let key = manufacture::transport_key(&iccard_issuer::devkeys::TRANSPORT.value(), &serial);
+        let report = test_card(&mut ImageCard::open(card1)?, &key);
+        let again = office.refurbished_to_stock(&admin, chip, &report).await?;
+        println!(
+            "  chip {chip} coded again and tested: {}",
+            again.state.as_str()
+        );
+    }
+
+    stage(9, "The books: iccard office check");
     let audrey = login(&office, "audrey", "C0001").await?;
     let report = office.check(&audrey).await?;
     for a in office.accounts().await? {

@@ -5,6 +5,7 @@ pub mod demo;
 pub mod lifecycle;
 pub mod office;
 pub mod office_life;
+pub mod office_return;
 pub mod office_settle;
 pub mod office_shift;
 pub mod pos;

@@ -91,6 +91,10 @@ pub enum OfficeCmd {
     Recharge(RechargeArgs),
     /// Loads whose card answer was lost, waiting for the card to come back.
     Pending,
+    /// The return of a card: the refund quoted from rules, the purse unloaded on the card, the
+    /// refund paid, the card terminated or erased for refurbishment.
+    #[command(subcommand)]
+    Return(super::office_return::ReturnCmd),
     /// Move a lost card's balance onto its replacement (in the reader at a recharge point),
     /// once the late-record window since the loss report has passed.
     Replace(ReplaceArgs),
@@ -153,6 +157,12 @@ pub enum SettingsCmd {
     LateRecordWindow {
         /// Days.
         days: i64,
+    },
+    /// The fee kept when a card is returned, minor units (0 to 1,000,000; never more than
+    /// the refund).
+    ReturnFee {
+        /// Minor units.
+        minor: i64,
     },
 }
 
@@ -550,6 +560,7 @@ async fn dispatch(a: &OfficeArgs) -> Result<ExitCode> {
                 OfficeCmd::Loss(c) => super::office_life::loss(ctx, c).await,
                 OfficeCmd::Card(c) => super::office_life::card(ctx, c).await,
                 OfficeCmd::Shift(c) => super::office_shift::shift(ctx, c).await,
+                OfficeCmd::Return(c) => super::office_return::return_card(ctx, c).await,
                 OfficeCmd::Settlement(c) => super::office_settle::settlement(ctx, c).await,
                 OfficeCmd::Init(_) | OfficeCmd::Status => unreachable!("handled above"),
             }
@@ -1467,21 +1478,33 @@ impl Ctx {
     }
 
     async fn settings(self, c: &SettingsCmd) -> Result<ExitCode> {
-        if let SettingsCmd::LateRecordWindow { days } = c {
-            self.office
+        match c {
+            SettingsCmd::LateRecordWindow { days } => self
+                .office
                 .set_late_record_window(&self.session, *days)
                 .await
-                .map_err(classify_office)?;
+                .map_err(classify_office)?,
+            SettingsCmd::ReturnFee { minor } => self
+                .office
+                .set_return_fee(&self.session, *minor)
+                .await
+                .map_err(classify_office)?,
+            SettingsCmd::Show => {}
         }
         let days = self
             .office
             .late_record_window_days()
             .await
             .map_err(classify_office)?;
+        let fee = self
+            .office
+            .return_fee_minor()
+            .await
+            .map_err(classify_office)?;
         print(
             self.json,
-            &serde_json::json!({ "late_record_window_days": days }),
-            || format!("late-record window: {days} days"),
+            &serde_json::json!({ "late_record_window_days": days, "return_fee_minor": fee }),
+            || format!("late-record window: {days} days\nreturn fee: {}", yuan(fee)),
         )?;
         self.done(ExitCode::SUCCESS)
     }
