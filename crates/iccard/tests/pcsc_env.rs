@@ -279,6 +279,13 @@ impl Served {
             if let Ok(Some(status)) = child.try_wait() {
                 self.child = None;
                 self.wait_cards_gone();
+                if !status.success() {
+                    // A card process that died under a client (killed on cue) leaves pcscd one
+                    // more power-off for the slot about half a second later; a card served in
+                    // that time would take it as its first message and never be seen. Let it
+                    // pass before anything is served again.
+                    std::thread::sleep(Duration::from_millis(1_500));
+                }
                 return Some(status);
             }
             if Instant::now() >= end {

@@ -41,3 +41,8 @@ CREATE TABLE card_returns (
 );
 CREATE UNIQUE INDEX card_returns_one_open ON card_returns (card_id) WHERE state <> 'finished';
 INSERT INTO counters (name, value) VALUES ('card_return', 0);
+
+-- Expiry: the last day of a card's validity (YYYYMMDD, as written on the card at issuance;
+-- NULL for accounts opened without a card). `iccard office card expire` marks every active card
+-- past it `expired`: no more loads; it can still be returned and refunded.
+ALTER TABLE cards ADD COLUMN valid_until TEXT NULL;

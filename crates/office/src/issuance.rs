@@ -566,6 +566,12 @@ impl Office {
                     },
                 )
                 .await?;
+            // The validity the card itself carries, for expiry.
+            tx.execute(
+                "UPDATE cards SET valid_until = $1 WHERE id = $2",
+                &args![apdu_hex::encode(&plan.profile.expiry_date), account.id],
+            )
+            .await?;
             let n = tx
                 .execute(
                     "UPDATE issuance_jobs SET state = 'done', finished_at_ms = $1, card_id = $2 \

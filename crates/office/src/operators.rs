@@ -96,13 +96,26 @@ impl Role {
                     | RecordProductionStage
                     | AllocateCards
                     | ReturnCardsToStock
+                    | ExpireCards
                     | CloseShift
+                    | ManageMerchants
+                    | ImportBatches
+                    | RunSettlement
+                    | ResolveCase
             ),
             Role::IssuanceClerk => matches!(
                 action,
-                OpenCard | IssueCard | ReportLoss | WithdrawLoss | ReturnCard | OpenShift | CloseShift
+                OpenCard
+                    | IssueCard
+                    | ReportLoss
+                    | WithdrawLoss
+                    | ReturnCard
+                    | OpenShift
+                    | CloseShift
             ),
-            Role::RechargeClerk => matches!(action, LoadCard | BankDeposit | OpenShift | CloseShift),
+            Role::RechargeClerk => {
+                matches!(action, LoadCard | BankDeposit | OpenShift | CloseShift)
+            }
             Role::Auditor => matches!(action, Check | VerifyAudit | ReadLedger),
         }
     }
@@ -176,11 +189,23 @@ pub enum Action {
     ReturnCardsToStock,
     /// Take back a holder's card: unload its purse, refund, block or erase it.
     ReturnCard,
+    /// Mark the cards whose validity has ended as expired.
+    ExpireCards,
     /// Open a cashier shift at a recharge point with the cash counted in the drawer.
     OpenShift,
     /// Close a cashier shift with the cash counted (one's own; an administrator closes
     /// another's as a supervisor, with a reason).
     CloseShift,
+    /// Add a merchant, or assign a terminal its terminal id, merchant and upload token.
+    ManageMerchants,
+    /// Import a batch file of offline purchases carried by hand.
+    ImportBatches,
+    /// A terminal's upload of a batch (by its token; no operator role runs it).
+    UploadBatch,
+    /// Settle the accepted offline purchases of a day.
+    RunSettlement,
+    /// Resolve a settlement case with a reason.
+    ResolveCase,
 }
 
 impl Action {
@@ -216,8 +241,14 @@ impl Action {
             Action::AllocateCards => "allocate_cards",
             Action::ReturnCardsToStock => "return_cards_to_stock",
             Action::ReturnCard => "return_card",
+            Action::ExpireCards => "expire_cards",
             Action::OpenShift => "open_shift",
             Action::CloseShift => "close_shift",
+            Action::ManageMerchants => "manage_merchants",
+            Action::ImportBatches => "import_batches",
+            Action::UploadBatch => "upload_batch",
+            Action::RunSettlement => "run_settlement",
+            Action::ResolveCase => "resolve_case",
         }
     }
 }

@@ -34,6 +34,14 @@
 //!    ([`Disposition::Refurbish`]: inventory `refurbished`, back to stock after re-coding and a
 //!    passing functional test, [`Office::refurbished_to_stock`]). The journal row `finished`.
 //!
+//! ## Expiry
+//!
+//! Every card issued by the office has the last day of its validity on record (the date
+//! written on the card). [`Office::expire_cards`] marks the active cards past it `expired`
+//! (audited, one operation): recharge points refuse them (the card refuses a load past its
+//! date too), and their holders still get their money back through a return. The report
+//! names each card with the balance and deposit still owed.
+//!
 //! A lost answer to DEBIT FOR UNLOAD leaves the row `unloading`
 //! ([`OfficeError::ReturnAnswerLost`]); [`Office::resume_return`] asks the card (its online
 //! serial): executed → posted (step 4); never executed → the row goes, nothing was paid. A
@@ -1275,6 +1283,130 @@ impl Office {
         .await;
         self.finish(s, Action::RecordProductionStage, &subject, at, tx, result)
             .await
+    }
+}
+
+/// A card marked expired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExpiredCard {
+    /// Card number.
+    pub card_number: String,
+    /// Last day of validity, YYYYMMDD.
+    pub valid_until: String,
+    /// Shadow balance still owed to the holder.
+    pub balance_minor: i64,
+    /// Deposit still held.
+    pub deposit_minor: i64,
+}
+
+/// What [`Office::expire_cards`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExpiryReport {
+    /// The day the run was for, YYYYMMDD.
+    pub date: String,
+    /// The cards marked expired by this run.
+    pub expired: Vec<ExpiredCard>,
+    /// Their balances together.
+    pub balance_minor: i64,
+    /// Their deposits together.
+    pub deposit_minor: i64,
+}
+
+fn valid_day(date: &str) -> Result<()> {
+    let ok = date.len() == 8
+        && date.bytes().all(|b| b.is_ascii_digit())
+        && (1..=12).contains(&date[4..6].parse::<u32>().unwrap_or(0))
+        && (1..=31).contains(&date[6..8].parse::<u32>().unwrap_or(0));
+    if ok {
+        Ok(())
+    } else {
+        Err(OfficeError::Invalid {
+            what: "date",
+            why: format!("{date:?}: give YYYYMMDD"),
+        })
+    }
+}
+
+impl Office {
+    /// Marks every active card whose validity ended before `date` (YYYYMMDD) as expired;
+    /// administrators. Running it again for the same day finds nothing new.
+    pub async fn expire_cards(&self, s: &Session, date: &str) -> Result<ExpiryReport> {
+        let subject = format!("expiry {date}");
+        let (mut tx, at) = self.begin(s, Action::ExpireCards, &subject).await?;
+        let result = async {
+            valid_day(date)?;
+            let rows: Vec<(String, String)> = tx
+                .fetch_all(
+                    "SELECT c.application_serial, c.valid_until FROM cards c \
+                     JOIN card_status st ON st.card_id = c.id \
+                     WHERE st.status = 'active' AND c.valid_until IS NOT NULL \
+                     AND c.valid_until < $1 ORDER BY c.application_serial",
+                    &args![date],
+                )
+                .await?;
+            let op = self
+                .record_operation(&mut tx, s, "expire_cards", at, None, None)
+                .await?;
+            let mut expired = Vec::with_capacity(rows.len());
+            let (mut balance, mut deposit) = (0i64, 0i64);
+            for (serial, valid_until) in rows {
+                let card = ledger::card(&mut tx, &serial).await?;
+                losslist::set_status(&mut tx, &card, CardStatus::Expired, None, op, at).await?;
+                balance = balance
+                    .checked_add(card.balance_minor)
+                    .ok_or_else(|| OfficeError::AmountOutOfRange("balances".into()))?;
+                deposit = deposit
+                    .checked_add(card.deposit_minor)
+                    .ok_or_else(|| OfficeError::AmountOutOfRange("deposits".into()))?;
+                expired.push(ExpiredCard {
+                    card_number: serial,
+                    valid_until,
+                    balance_minor: card.balance_minor,
+                    deposit_minor: card.deposit_minor,
+                });
+            }
+            let detail = format!(
+                "{} card(s) expired before {date}; still owed: balances {balance}, deposits {deposit}",
+                expired.len()
+            );
+            Ok((
+                ExpiryReport {
+                    date: date.to_owned(),
+                    expired,
+                    balance_minor: balance,
+                    deposit_minor: deposit,
+                },
+                detail,
+            ))
+        }
+        .await;
+        self.finish(s, Action::ExpireCards, &subject, at, tx, result)
+            .await
+    }
+
+    /// Every expired card not yet returned, with what is still owed on it.
+    pub async fn expired_cards(&self) -> Result<Vec<ExpiredCard>> {
+        let mut tx = self.store().read().await?;
+        let rows: Vec<(String, Option<String>, i64, i64)> = tx
+            .fetch_all(
+                "SELECT c.application_serial, c.valid_until, c.balance_minor, c.deposit_minor \
+                 FROM cards c JOIN card_status st ON st.card_id = c.id \
+                 WHERE st.status = 'expired' ORDER BY c.application_serial",
+                &[],
+            )
+            .await?;
+        tx.rollback().await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(card_number, valid_until, balance_minor, deposit_minor)| ExpiredCard {
+                    card_number,
+                    valid_until: valid_until.unwrap_or_default(),
+                    balance_minor,
+                    deposit_minor,
+                },
+            )
+            .collect())
     }
 }
 

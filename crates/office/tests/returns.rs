@@ -59,6 +59,7 @@ on_both!(
     a_damaged_card_forfeits_its_deposit_and_is_destroyed,
     refusals_change_nothing,
     a_lost_unload_answer_is_resumed_exactly_once,
+    expired_cards_take_no_load_and_are_still_refunded,
 );
 
 const TERMINAL: [u8; 6] = [0, 0, 0, 0, 0x77, 0x01];
@@ -499,4 +500,79 @@ async fn a_lost_unload_answer_is_resumed_exactly_once(store: Store) {
             .is_err());
         clean(&w).await;
     }
+}
+
+async fn expired_cards_take_no_load_and_are_still_refunded(store: Store) {
+    let w = world(store.clone()).await;
+    // Issued on 2026-03-14 for 36 months: valid until 2029-03-14.
+    let (number, _, card) = issued(&w, "CITY", "4943000000007000", 900).await;
+    let bad = w.office.expire_cards(&w.admin, "2029-03-15").await;
+    assert!(matches!(bad, Err(OfficeError::Invalid { .. })), "{bad:?}");
+    let clerk = w.office.expire_cards(&w.issuer_clerk, "20290315").await;
+    assert!(
+        matches!(clerk, Err(OfficeError::Denied { .. })),
+        "{clerk:?}"
+    );
+    // On its last day it is still valid.
+    let none = w.office.expire_cards(&w.admin, "20290314").await.unwrap();
+    assert!(none.expired.is_empty(), "{none:?}");
+    let run = w.office.expire_cards(&w.admin, "20290315").await.unwrap();
+    assert_eq!(run.expired.len(), 1);
+    assert_eq!(run.expired[0].card_number, number);
+    assert_eq!(run.expired[0].valid_until, "20290314");
+    assert_eq!((run.balance_minor, run.deposit_minor), (900, 2_000));
+    assert_eq!(
+        w.office.card_status(&number).await.unwrap(),
+        CardStatus::Expired
+    );
+    assert_eq!(w.office.expired_cards().await.unwrap(), run.expired);
+    let again = w.office.expire_cards(&w.admin, "20290316").await.unwrap();
+    assert!(again.expired.is_empty(), "nothing new: {again:?}");
+    // No more loads.
+    let mut purse = PurseCard::open(card).unwrap();
+    let refused = w
+        .office
+        .recharge(
+            &w.recharge_clerk,
+            &keys(),
+            &mut purse,
+            RechargeRequest {
+                amount_minor: 100,
+                when: when("150000"),
+            },
+        )
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(OfficeError::CardStatus {
+                status: "expired",
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    // The holder still gets the money back.
+    let quote = w
+        .office
+        .return_quote(&w.issuer_clerk, &keys(), &mut purse, Condition::Good)
+        .await
+        .unwrap();
+    assert_eq!((quote.status, quote.refund_minor), ("expired", 2_900));
+    w.office
+        .return_card(
+            &w.issuer_clerk,
+            &keys(),
+            &mut purse,
+            ReturnRequest {
+                condition: Condition::Good,
+                disposition: Disposition::Destroy,
+                accepted_refund_minor: 2_900,
+                when: when("150100"),
+            },
+        )
+        .await
+        .expect("an expired card is returned");
+    assert!(w.office.expired_cards().await.unwrap().is_empty());
+    clean(&w).await;
 }
