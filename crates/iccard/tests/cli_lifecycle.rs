@@ -523,6 +523,33 @@ fn scenario(office: &Path, images: &Path, env: &[(&str, &str)]) {
     let st = json(office, env, &root(&["card", "status", &number]));
     assert_eq!(st["status"], "replaced", "{st}");
 
+    // Expiry: nothing before today; far in the future the one active card (the replacement) expires.
+    let none = json(
+        office,
+        env,
+        &root(&["card", "expire", "--date", "20200101"]),
+    );
+    assert_eq!(none["expired"].as_array().unwrap().len(), 0, "{none}");
+    fails(
+        office,
+        &clerk,
+        &at("ivy", "RP-001", &["card", "expire", "--date", "29990101"]),
+        1,
+    );
+    let run = json(
+        office,
+        env,
+        &root(&["card", "expire", "--date", "29990101"]),
+    );
+    let expired = run["expired"].as_array().unwrap();
+    assert_eq!(expired.len(), 1, "{run}");
+    assert_eq!(expired[0]["card_number"], fresh_number.as_str(), "{run}");
+    let listed = json(office, env, &root(&["card", "expired"]));
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    let st = json(office, env, &root(&["card", "status", &fresh_number]));
+    assert_eq!(st["status"], "expired", "{st}");
+    // An expired card takes no load, but its holder still gets the money back below.
+
     // The replacement card comes back: the quote first, then the return at that figure.
     let fee = json(office, env, &root(&["settings", "return-fee", "150"]));
     assert_eq!(fee["return_fee_minor"], 150, "{fee}");

@@ -316,6 +316,15 @@ pub enum CardCmd {
         /// The card number (20 digits).
         card: String,
     },
+    /// Mark every active card whose validity ended before the date as expired (no more
+    /// loads; still refunded by `office return`); administrators.
+    Expire {
+        /// The day, YYYYMMDD (default: today, UTC).
+        #[arg(long)]
+        date: Option<String>,
+    },
+    /// The expired cards not yet returned, with the balance and deposit still owed.
+    Expired,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1388,6 +1397,57 @@ pub(super) async fn card(ctx: Ctx, c: &CardCmd) -> Result<ExitCode> {
                 .map_err(classify_office)?;
             let v = serde_json::json!({"card_number": number, "status": st});
             print(ctx.json, &v, || format!("card {number}: {}", st.as_str()))?;
+        }
+        CardCmd::Expire { date } => {
+            let date = match date {
+                Some(d) => d.clone(),
+                None => iccard_apdu::hex::encode(&today()),
+            };
+            let r = ctx
+                .office
+                .expire_cards(&ctx.session, &date)
+                .await
+                .map_err(classify_office)?;
+            print(ctx.json, &r, || {
+                let mut t = format!(
+                    "{} card(s) expired before {}; still owed to their holders: balances {}, deposits {}",
+                    r.expired.len(),
+                    r.date,
+                    yuan(r.balance_minor),
+                    yuan(r.deposit_minor)
+                );
+                for c in &r.expired {
+                    t.push_str(&format!(
+                        "\n  {} valid until {}: balance {}, deposit {}",
+                        c.card_number,
+                        c.valid_until,
+                        yuan(c.balance_minor),
+                        yuan(c.deposit_minor)
+                    ));
+                }
+                t
+            })?;
+        }
+        CardCmd::Expired => {
+            let cards = ctx.office.expired_cards().await.map_err(classify_office)?;
+            print(ctx.json, &cards, || {
+                if cards.is_empty() {
+                    return "no expired card is waiting for its holder".into();
+                }
+                cards
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{} valid until {}: balance {}, deposit {}",
+                            c.card_number,
+                            c.valid_until,
+                            yuan(c.balance_minor),
+                            yuan(c.deposit_minor)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })?;
         }
     }
     ctx.done(ExitCode::SUCCESS)
