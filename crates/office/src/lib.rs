@@ -15,8 +15,11 @@
 //! through printing, coding, bronzing, packaging, gluing and testing, the card inventory with
 //! one transition table), [`issuance`] (a stocked card personalized with keystore keys, its
 //! account opened, journaled so an interruption resumes or rolls back), [`recharge`] (the PBOC
-//! load with the keystore, exactly once across lost answers and crashes) and [`losslist`]
-//! (card status, a versioned loss list).
+//! load with the keystore, exactly once across lost answers and crashes), [`losslist`] (card
+//! status, a versioned loss list), [`replacement`] (a lost card's balance onto its
+//! replacement), [`returns`] (the return of a card with a rule-driven refund, unloaded on the
+//! card exactly once, the card terminated or erased and re-stocked; expiry) and [`shifts`]
+//! (cashier shifts with over/short).
 //!
 //! ## Storage: one code path, two databases
 //!
@@ -47,8 +50,9 @@
 //! `bank` (asset), `cash:<machine number>` per recharge point (asset), `float` (stored value
 //! owed to card holders), `deposits_held`, `refunds_payable`, `merchant_payable` (liabilities),
 //! `card_fee_income` (income). Postings so far: issuance Dr cash / Cr deposits held + card fee
-//! income; load Dr cash / Cr float; settled purchase Dr float / Cr merchant payable; cash to
-//! bank Dr bank / Cr cash. A card's shadow account holds its balance as the float sees it, the
+//! income; load Dr cash / Cr float; return Dr float + deposits held / Cr cash + card fee income
+//! (fee, forfeited deposit); settled purchase Dr float / Cr merchant payable; cash to bank Dr
+//! bank / Cr cash. A card's shadow account holds its balance as the float sees it, the
 //! last balance the card proved, and its next online and offline serials.
 //!
 //! ## Roles
@@ -72,11 +76,10 @@
 //!
 //! ## Not done yet (next slices)
 //!
-//! - Recycling: replacement with balance transfer after a late-record window, the return of a
-//!   card with an unload on the card and a refund quote, expiry; cash per operator shift and
-//!   daily reports.
-//! - Settlement proper (TAC verification of uploaded purchases, counter gaps, cases).
-//! - Key rotation beyond version 1 in personalization; the holder file written on the card.
+//! - Settlement proper (TAC verification of uploaded purchases, counter gaps, cases): in
+//!   progress in `upload` and `settlement`.
+//! - Key rotation beyond version 1 in personalization; the holder file written on the card;
+//!   renewal of an expired card's validity on the card.
 //! - Golden schema tests (a database written by each release still opens).
 
 pub mod audit;
