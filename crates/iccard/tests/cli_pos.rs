@@ -5,7 +5,12 @@
 //! HTTP server written here (std::net) that checks each request and answers like the back
 //! office's `POST /v1/batches` and `GET /v1/loss-list`.
 
-use iccard_pos::{read_batch_file, verify_chain, Batch, BatchResults, RecordResult, ResultCode};
+use iccard_link::{CardChannel, ImageCard, LinkError};
+use iccard_pos::{
+    read_batch_file, verify_chain, Batch, BatchResults, PointOfUse, PosConfig, PosError,
+    RecordResult, ResultCode,
+};
+use iccard_terminal::{Psam, TerminalError, TransactionTime};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -391,6 +396,108 @@ fn sales_are_journaled_and_the_loss_list_guards_them() {
         ],
         2,
     );
+}
+
+/// A card whose answer to DEBIT FOR PURCHASE is lost once: after the card executed it
+/// (`executed`) or before it reached the card.
+struct Tear {
+    inner: ImageCard,
+    executed: bool,
+    armed: bool,
+}
+
+impl CardChannel for Tear {
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, LinkError> {
+        if self.armed && apdu.len() > 1 && apdu[0] == 0x80 && apdu[1] == 0x54 {
+            self.armed = false;
+            if self.executed {
+                self.inner.transmit(apdu)?;
+            }
+            return Err(LinkError::PowerLost);
+        }
+        self.inner.transmit(apdu)
+    }
+    fn reset(&mut self) -> Result<Vec<u8>, LinkError> {
+        self.inner.reset()
+    }
+}
+
+#[test]
+fn a_sale_interrupted_earlier_is_settled_first_and_said_so() {
+    let t = Setup::new(1_000);
+    t.list_file(&delta(0, 0, &[]), "080000");
+    // The library sells through a card that loses DEBIT FOR PURCHASE's answer: the row stays
+    // pending in the journal the command line uses.
+    let tear = |executed: bool, time: &str| {
+        let psam = Psam::open(ImageCard::open(&t.sam).unwrap()).unwrap();
+        let mut pos = PointOfUse::open(psam, &t.db, PosConfig::default()).unwrap();
+        let card = Tear {
+            inner: ImageCard::open(&t.card).unwrap(),
+            executed,
+            armed: true,
+        };
+        let when = TransactionTime::parse(DAY, time).unwrap();
+        let e = pos.sell(card, 200, &when).unwrap_err();
+        assert!(
+            matches!(e, PosError::Terminal(TerminalError::AnswerLost { .. })),
+            "{e}"
+        );
+    };
+    tear(true, "090000");
+    assert_eq!(t.balance(), 800, "the card executed it");
+    let st = json(&["terminal", "run", "status", "--journal", s(&t.db)]);
+    assert_eq!(st["by_status"]["pending"], 1, "{st}");
+    assert_eq!(st["pending"][0]["amount_fen"], 200);
+    let human = ok(&["terminal", "run", "status", "--journal", s(&t.db)]);
+    assert!(human.contains("1 pending purchase(s)"), "{human}");
+
+    let v = t.sell("100", "090500");
+    let r = &v["resolved"][0];
+    assert_eq!(r["resolution"], "completed_earlier", "{v}");
+    assert_eq!(r["record"]["status"], "recovered");
+    assert_eq!(r["record"]["amount_fen"], 200);
+    assert_eq!(
+        r["record"]["tac"].as_str().map(str::len),
+        Some(8),
+        "proof fetched"
+    );
+    assert_eq!(v["balance_before_fen"], 800);
+    assert_eq!(v["balance_after_fen"], 700);
+
+    // Lost before it reached the card: charged once when the card comes back, said so.
+    tear(false, "091000");
+    assert_eq!(t.balance(), 700);
+    let out = ok(&t.sell_args("100", "091500"));
+    assert!(
+        out.contains("pending purchase of 2.00 yuan (terminal serial 3) resolved first")
+            && out.contains("charged once now as terminal serial 4"),
+        "{out}"
+    );
+    assert!(out.contains("balance 5.00 -> 4.00 yuan"), "{out}");
+    assert_eq!(t.balance(), 400);
+    let j = t.journal();
+    let statuses: Vec<(u64, &str)> = j
+        .iter()
+        .map(|r| {
+            (
+                r["amount_fen"].as_u64().unwrap(),
+                r["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            (200, "recovered"),
+            (100, "normal"),
+            (200, "failed"),
+            (200, "recovered"),
+            (100, "normal"),
+        ]
+    );
+    let st = json(&["terminal", "run", "status", "--journal", s(&t.db)]);
+    assert_eq!(st["by_status"]["pending"], 0);
+    assert_eq!(st["debited_fen"], 600);
 }
 
 #[test]
