@@ -366,6 +366,8 @@ impl Office {
             let rp = self
                 .require_machine(&mut tx, s, MachineKind::RechargePoint)
                 .await?;
+            // The deposit and fee are cash in the clerk's drawer.
+            crate::shifts::require_open_shift(&mut tx, s).await?;
             let inv = manufacture::inventory_card(&mut tx, chip_serial).await?;
             let open_job: Option<(i64, String)> = tx
                 .fetch_optional(

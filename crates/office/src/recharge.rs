@@ -515,6 +515,10 @@ impl Office {
             let rp = self
                 .require_machine(&mut tx, s, MachineKind::RechargePoint)
                 .await?;
+            if amount_minor.is_some() {
+                // A new load takes cash into the clerk's drawer.
+                crate::shifts::require_open_shift(&mut tx, s).await?;
+            }
             let settings = crate::office::read_settings(&mut tx)
                 .await?
                 .ok_or(OfficeError::NotInitialized)?;

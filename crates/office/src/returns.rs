@@ -462,6 +462,8 @@ impl Office {
             let rp = self
                 .require_machine(&mut tx, s, MachineKind::RechargePoint)
                 .await?;
+            // A refund leaves the clerk's drawer.
+            crate::shifts::require_open_shift(&mut tx, s).await?;
             let settings = crate::office::read_settings(&mut tx)
                 .await?
                 .ok_or(OfficeError::NotInitialized)?;

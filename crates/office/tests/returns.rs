@@ -60,6 +60,7 @@ on_both!(
     refusals_change_nothing,
     a_lost_unload_answer_is_resumed_exactly_once,
     expired_cards_take_no_load_and_are_still_refunded,
+    with_shifts_required_cash_moves_only_in_an_open_shift,
 );
 
 const TERMINAL: [u8; 6] = [0, 0, 0, 0, 0x77, 0x01];
@@ -574,5 +575,71 @@ async fn expired_cards_take_no_load_and_are_still_refunded(store: Store) {
         .await
         .expect("an expired card is returned");
     assert!(w.office.expired_cards().await.unwrap().is_empty());
+    clean(&w).await;
+}
+
+async fn with_shifts_required_cash_moves_only_in_an_open_shift(store: Store) {
+    let w = world(store.clone()).await;
+    let (_, _, card) = issued(&w, "CITY", "4943000000008000", 600).await;
+    let mut purse = PurseCard::open(card).unwrap();
+    w.office.set_shifts_required(&w.admin, true).await.unwrap();
+    let ks = keys();
+    let refused = w
+        .office
+        .return_quote(&w.issuer_clerk, &ks, &mut purse, Condition::Good)
+        .await;
+    assert!(
+        matches!(&refused, Err(OfficeError::Invalid { what: "shift", .. })),
+        "{refused:?}"
+    );
+    let load = w
+        .office
+        .recharge(
+            &w.recharge_clerk,
+            &ks,
+            &mut purse,
+            RechargeRequest {
+                amount_minor: 100,
+                when: when("160000"),
+            },
+        )
+        .await;
+    assert!(
+        matches!(&load, Err(OfficeError::Invalid { what: "shift", .. })),
+        "{load:?}"
+    );
+    assert_eq!(read_balance(purse.channel()).unwrap().balance_fen, 600);
+    // The issuance clerk opens a shift with 50.00 in the drawer and pays the refund from it.
+    let shift = w.office.open_shift(&w.issuer_clerk, 5_000).await.unwrap();
+    let done = w
+        .office
+        .return_card(
+            &w.issuer_clerk,
+            &ks,
+            &mut purse,
+            ReturnRequest {
+                condition: Condition::Good,
+                disposition: Disposition::Destroy,
+                accepted_refund_minor: 2_600,
+                when: when("160100"),
+            },
+        )
+        .await
+        .expect("return in an open shift");
+    assert_eq!(done.refund_minor, 2_600);
+    let report = w
+        .office
+        .close_shift(
+            &w.issuer_clerk,
+            shift.id,
+            iccard_office::shifts::CloseShift {
+                counted_cash_minor: 2_400,
+                reason: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.cash_out_minor, 2_600, "the refund left the drawer");
+    assert_eq!(report.expected_cash_minor, 2_400);
     clean(&w).await;
 }

@@ -488,6 +488,10 @@ impl std::error::Error for Refused {}
 
 pub(super) fn classify_office(e: OfficeError) -> anyhow::Error {
     match e {
+        // A refusal because of a shift's state, not malformed input.
+        OfficeError::Invalid { what, .. } if what == iccard_office::shifts::REFUSAL => {
+            anyhow!(Refused(anyhow!(e)))
+        }
         OfficeError::Invalid { .. }
         | OfficeError::AmountOutOfRange(_)
         | OfficeError::BadDatabaseUrl { .. }
