@@ -6,8 +6,10 @@
 //! stopped; the refusals over PC/SC (a card issued twice, a load above the product's maximum
 //! balance, a card on the loss list) that change neither the card nor the books; and
 //! `office replace --reader`, a lost card's balance onto its replacement once the late-record
-//! window has passed; and a load whose card process is killed around CREDIT FOR LOAD, settled
-//! exactly once from the card's own serial when the card comes back.
+//! window has passed; a load whose card process is killed around CREDIT FOR LOAD, settled
+//! exactly once from the card's own serial when the card comes back; and the return of a card
+//! through the reader (quote, DEBIT FOR UNLOAD, purse blocked, card erased), its chip coded
+//! again from the image and issued anew.
 
 use crate::office_support::{fails, json, CLERK_PW};
 use crate::pcsc_env::{iccard_bin, iccard_in, ip, pcsc, wait_for, Served, CARD_READER, NETNS};
@@ -868,4 +870,95 @@ fn a_load_whose_card_process_is_killed_is_settled_exactly_once_through_pcscd() {
     assert_eq!(c["float_minor"], 3700, "{c}");
     let b = terminal(d, "balance", &["--card", s(card)]);
     assert_eq!(b["balance_fen"], 3700, "{b}");
+}
+
+/// The answers of `iccard apdu --reader` to `apdus`, one status word (or data ‖ SW) each.
+fn reader_apdus(dir: &Path, apdus: &[&str]) -> Vec<String> {
+    let mut args = vec!["apdu", "--reader", CARD_READER];
+    args.extend_from_slice(apdus);
+    let out = iccard_in(dir, &args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "iccard apdu failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines().map(|l| l.trim().to_uppercase()).collect()
+}
+
+#[test]
+fn a_card_is_returned_unloaded_and_erased_through_pcscd() {
+    let _bench = pcsc();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let office = d.join("office");
+    let images = office_with_cards(&office, &d.join("cards"), 100_000, 1);
+    let served = Served::start(&[&images[0]], &[], d.join("serve.log"));
+    let r = json(&office, CLERK, &issue_args(Some("4000")));
+    let number = r["card_number"].as_str().expect("card number").to_owned();
+    let deposit = r["issued"]["deposit_minor"].as_i64().expect("deposit");
+    let cash = account(&office, "cash:RP-001");
+
+    // The quote: read from the card through the reader, nothing moves.
+    let quote = json(
+        &office,
+        CLERK,
+        &at_rp("ivy", &["return", "quote", "--reader", CARD_READER]),
+    );
+    assert_eq!(quote["card_number"], number.as_str(), "{quote}");
+    assert_eq!(quote["card_balance_minor"], 4000, "{quote}");
+    let refund = quote["refund_minor"].as_i64().expect("refund");
+    assert_eq!(refund, 4000 + deposit, "{quote}");
+    assert_eq!(reader_balance(d), (number.clone(), 4000));
+
+    let accepted = refund.to_string();
+    let confirm = at_rp(
+        "ivy",
+        &[
+            "return",
+            "confirm",
+            "--reader",
+            CARD_READER,
+            "--disposition",
+            "refurbish",
+            "--accept-refund",
+            &accepted,
+        ],
+    );
+    let done = json(&office, CLERK, &confirm);
+    assert_eq!(done["refund_minor"], refund, "{done}");
+    assert_eq!(done["unloaded_minor"], 4000, "{done}");
+    assert_eq!(done["tac_verified"], true, "{done}");
+    assert_eq!(done["inventory_state"], "refurbished", "{done}");
+    // DEBIT FOR UNLOAD reached the served card, then the purse was blocked and the card erased.
+    let log = served.log_text();
+    assert_eq!(count(&log, "> 80540300"), 1, "one DEBIT FOR UNLOAD");
+    assert_eq!(count(&log, "> 841E0001"), 1, "APPLICATION BLOCK for good");
+    assert_eq!(count(&log, "> 800E0000"), 1, "ERASE DF at the MF");
+    // Over PC/SC: no purse any more, the chip data still answers.
+    let answers = reader_apdus(d, &["00A4040009A0000000038698070100", "80CA9F7F00"]);
+    assert_eq!(answers[0], "6A82", "{answers:?}");
+    assert!(answers[1].ends_with("9000"), "{answers:?}");
+    // The books: the refund left the recharge point's cash; the card is returned.
+    assert_eq!(cash - account(&office, "cash:RP-001"), refund);
+    assert_eq!(account(&office, "float"), 0);
+    assert_eq!(account(&office, "deposits_held"), 0);
+    let st = json(&office, &[], &root(&["card", "status", &number]));
+    assert_eq!(st["status"], "returned", "{st}");
+    drop(served);
+
+    // Coded again from the image at the console, tested, back in stock; and issued anew.
+    let back = json(
+        &office,
+        &[],
+        &root(&["return", "recode", "--card", s(&images[0])]),
+    );
+    assert_eq!(back["state"], "in_stock", "{back}");
+    assert_eq!(inventory(&office), [("in_stock".to_owned(), 1)]);
+    let served = Served::start(&[&images[0]], &[], d.join("serve-again.log"));
+    let again = json(&office, CLERK, &issue_args(None));
+    assert_ne!(again["card_number"], number.as_str(), "{again}");
+    assert_eq!(reader_balance(d).1, 0);
+    drop(served);
+    check_clean(&office);
 }
