@@ -245,6 +245,11 @@ async fn roles_decide_what_runs(store: Store) {
         OpenShift,
         CloseShift,
         ReturnCard,
+        ManageMerchants,
+        ImportBatches,
+        UploadBatch,
+        RunSettlement,
+        ResolveCase,
     ];
     let allowed =
         |role: Role| -> Vec<Action> { all.iter().copied().filter(|a| role.permits(*a)).collect() };
@@ -260,7 +265,11 @@ async fn roles_decide_what_runs(store: Store) {
             SettlePurchase,
             Check,
             VerifyAudit,
-            CloseShift
+            CloseShift,
+            ManageMerchants,
+            ImportBatches,
+            RunSettlement,
+            ResolveCase
         ]
     );
     assert_eq!(
