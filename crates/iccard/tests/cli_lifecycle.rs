@@ -684,3 +684,174 @@ fn create_database(url: &str, name: &str, base: &str) -> String {
         });
     format!("{base}/{name}")
 }
+
+#[test]
+fn anonymous_cards_are_issued_in_a_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let office = dir.path().join("office");
+    let images = dir.path().join("cards");
+    init(&office, &[], false);
+    let env: &[(&str, &str)] = &[];
+    json(
+        &office,
+        env,
+        &root(&[
+            "product",
+            "create",
+            "TRANSIT",
+            "--name",
+            "Transit card",
+            "--type",
+            "anonymous",
+            "--deposit",
+            "1000",
+            "--fee",
+            "0",
+            "--validity-months",
+            "24",
+            "--max-balance",
+            "50000",
+            "--offline-limit",
+            "5000",
+            "--offline-daily-limit",
+            "20000",
+            "--alg",
+            "3des",
+            "--app",
+            "purse:load,purchase",
+        ]),
+    );
+    json(
+        &office,
+        env,
+        &root(&[
+            "lot",
+            "receive",
+            "LOT-T",
+            "--maker",
+            "Icmaker",
+            "--model",
+            "IC-32K",
+            "--quantity",
+            "3",
+            "--first-serial",
+            "4943000000009000",
+            "--transport-key-version",
+            "1",
+        ]),
+    );
+    let order = json(
+        &office,
+        env,
+        &root(&[
+            "batch",
+            "order",
+            "--product",
+            "TRANSIT",
+            "--lot",
+            "LOT-T",
+            "--quantity",
+            "3",
+        ]),
+    );
+    let order_id = order["id"].as_i64().unwrap().to_string();
+    json(
+        &office,
+        env,
+        &root(&["operator", "add", "ivy", "--role", "issuance-clerk"]),
+    );
+    json(
+        &office,
+        env,
+        &root(&["operator", "add", "rita", "--role", "recharge-clerk"]),
+    );
+    json(
+        &office,
+        env,
+        &root(&[
+            "machine",
+            "add",
+            "RP-001",
+            "--kind",
+            "recharge-point",
+            "--branch",
+            "HQ",
+        ]),
+    );
+    let dir_arg = images.to_str().unwrap();
+    let run = json(
+        &office,
+        env,
+        &root(&[
+            "batch",
+            "run",
+            "--order",
+            &order_id,
+            "--quantity",
+            "3",
+            "--dir",
+            dir_arg,
+        ]),
+    );
+    assert_eq!(run["in_stock"], 3, "{run}");
+    let clerk = clerk_env(env);
+    // More than the stock: refused before anything is issued.
+    let err = fails(
+        &office,
+        &clerk,
+        &at(
+            "ivy",
+            "RP-001",
+            &["issue", "--batch-dir", dir_arg, "--count", "4"],
+        ),
+        1,
+    );
+    assert!(err.contains("fewer than --count 4"), "{err}");
+    let issued = json(
+        &office,
+        &clerk,
+        &at(
+            "ivy",
+            "RP-001",
+            &[
+                "issue",
+                "--batch-dir",
+                dir_arg,
+                "--count",
+                "2",
+                "--first-recharge",
+                "2000",
+                "--recharge-operator",
+                "rita",
+            ],
+        ),
+    );
+    let issued = issued.as_array().expect("one report per card");
+    assert_eq!(issued.len(), 2);
+    let chips: Vec<&str> = issued
+        .iter()
+        .map(|r| r["chip_serial"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        chips,
+        ["4943000000009000", "4943000000009001"],
+        "chip-serial order"
+    );
+    for r in issued {
+        assert_eq!(r["card_type"], "anonymous", "{r}");
+        assert_eq!(r["first_recharge"]["amount_minor"], 2000, "{r}");
+        assert_eq!(r["first_recharge"]["tac_verified"], true, "{r}");
+    }
+    let inv = json(&office, env, &root(&["inventory", "--product", "TRANSIT"]));
+    let count_of = |state: &str| {
+        inv.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["state"] == state)
+            .map(|c| c["count"].as_i64().unwrap())
+            .unwrap_or(0)
+    };
+    assert_eq!((count_of("issued"), count_of("in_stock")), (2, 1), "{inv}");
+    let c = json(&office, env, &root(&["check"]));
+    assert_eq!(c["problems"].as_array().unwrap().len(), 0, "{c}");
+}

@@ -257,11 +257,19 @@ pub enum InventoryCmd {
 #[derive(Debug, Args)]
 pub struct IssueArgs {
     /// Card image file (a tested blank card from stock).
-    #[arg(long, required_unless_present = "reader")]
+    #[arg(long, required_unless_present_any = ["reader", "batch_dir"])]
     card: Option<PathBuf>,
     /// PC/SC reader holding the card, in place of --card.
-    #[arg(long, conflicts_with = "card")]
+    #[arg(long, conflicts_with_all = ["card", "batch_dir"])]
     reader: Option<String>,
+    /// Issue a batch: up to --count stocked cards among the card images in this directory
+    /// (`<chip serial>.card`, as `batch run` writes them), in chip-serial order, with a
+    /// progress bar; anonymous products only (a registered card needs its holder).
+    #[arg(long, conflicts_with_all = ["card", "holder_name"], requires = "count")]
+    batch_dir: Option<PathBuf>,
+    /// How many cards to issue with --batch-dir.
+    #[arg(long, requires = "batch_dir")]
+    count: Option<usize>,
     /// The holder's name (registered products).
     #[arg(long, requires = "holder_id")]
     holder_name: Option<String>,
@@ -1252,6 +1260,9 @@ pub(super) async fn issue(ctx: Ctx, a: &IssueArgs) -> Result<ExitCode> {
         holder,
         date,
     };
+    if let (Some(dir), Some(count)) = (&a.batch_dir, a.count) {
+        return issue_batch(ctx, a, &*ks, recharger.as_ref(), &req, dir, count).await;
+    }
     let mut opened = super::reader::OpenCard::open(a.card.as_deref(), a.reader.as_deref(), "card")?;
     let receipt = {
         let mut channel = opened.channel()?;
@@ -1318,6 +1329,130 @@ pub(super) async fn issue(ctx: Ctx, a: &IssueArgs) -> Result<ExitCode> {
         t
     })?;
     drop(ks);
+    ctx.done(code)
+}
+
+/// `issue --batch-dir DIR --count N`: the stocked cards among DIR's images issued one after the
+/// other (each with its first recharge when asked), a progress bar over them; stops at the
+/// first refusal, saying how many were issued.
+async fn issue_batch(
+    ctx: Ctx,
+    a: &IssueArgs,
+    ks: &dyn iccard_office::keystore::Keystore,
+    recharger: Option<&Session>,
+    req: &IssueRequest,
+    dir: &Path,
+    count: usize,
+) -> Result<ExitCode> {
+    if count == 0 {
+        bail!("--count 0: give at least 1");
+    }
+    let mut images: Vec<(String, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let path = entry?.path();
+        let Some(stem) = path
+            .extension()
+            .filter(|e| *e == "card")
+            .and_then(|_| path.file_stem())
+            .and_then(|s| s.to_str())
+        else {
+            continue;
+        };
+        let Ok(serial) = parse_chip_serial(stem) else {
+            continue;
+        };
+        let serial = format_chip_serial(serial);
+        match ctx.office.inventory_card(&serial).await {
+            Ok(c) if c.state == InventoryState::InStock => images.push((serial, path)),
+            _ => {}
+        }
+    }
+    images.sort();
+    if images.len() < count {
+        return Err(refused(anyhow!(
+            "{} holds {} card(s) in stock, fewer than --count {count}: nothing was issued",
+            dir.display(),
+            images.len()
+        )));
+    }
+    images.truncate(count);
+    let bar = progress(ctx.json, count, "issuing");
+    let mut reports = Vec::with_capacity(count);
+    let mut code = ExitCode::SUCCESS;
+    for (serial, path) in &images {
+        let issued = async {
+            let mut card =
+                ImageCard::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+            let receipt = ctx
+                .office
+                .issue_card(&ctx.session, ks, &mut card, req)
+                .await
+                .map_err(classify_office)?;
+            let mut report = IssueReport {
+                card_number: receipt.card_number.clone(),
+                card_type: receipt.card_type,
+                chip_serial: receipt.chip_serial.clone(),
+                issued: receipt,
+                first_recharge: None,
+            };
+            if let Some(amount) = a.first_recharge {
+                let now = TransactionTime::from_unix(now_unix());
+                let when = match &a.date {
+                    Some(d) => TransactionTime::parse(d, &now.time_string())?,
+                    None => now,
+                };
+                let mut purse = PurseCard::open(card).map_err(|e| refused(anyhow!(e)))?;
+                let res = ctx
+                    .office
+                    .recharge(
+                        recharger.unwrap_or(&ctx.session),
+                        ks,
+                        &mut purse,
+                        RechargeRequest {
+                            amount_minor: amount,
+                            when,
+                        },
+                    )
+                    .await
+                    .map_err(classify_office)?;
+                report.first_recharge = Some(res.load);
+            }
+            anyhow::Ok(report)
+        }
+        .await;
+        match issued {
+            Ok(r) => {
+                if r.first_recharge
+                    .as_ref()
+                    .is_some_and(|l| l.tac_verified == Some(false))
+                {
+                    code = ExitCode::from(1);
+                }
+                reports.push(r);
+                bar.inc(1);
+            }
+            Err(e) => {
+                bar.finish_and_clear();
+                print(ctx.json, &reports, || {
+                    reports
+                        .iter()
+                        .map(|r| describe_issue(&r.issued))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })?;
+                return Err(e.context(format!(
+                    "chip {serial}: stopped after {} of {count} card(s) issued",
+                    reports.len()
+                )));
+            }
+        }
+    }
+    bar.finish_and_clear();
+    print(ctx.json, &reports, || {
+        let mut t: Vec<String> = reports.iter().map(|r| describe_issue(&r.issued)).collect();
+        t.push(format!("{} card(s) issued", reports.len()));
+        t.join("\n")
+    })?;
     ctx.done(code)
 }
 
