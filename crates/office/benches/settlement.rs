@@ -180,8 +180,8 @@ async fn ingest_rate(office: &Office, keys: &dyn Keystore, batches: u32) -> f64 
     let prepared: Vec<Batch> = (0..batches)
         .map(|b| {
             let recs = records(b * 100, 100, &mut balance);
-            let batch = Batch::new(TERMINAL_HEX.into(), u64::from(b) + 1, prev.clone(), recs)
-                .unwrap();
+            let batch =
+                Batch::new(TERMINAL_HEX.into(), u64::from(b) + 1, prev.clone(), recs).unwrap();
             prev = batch.hash.clone();
             batch
         })
@@ -222,11 +222,15 @@ fn main() {
             .verify_tac(&card, std::hint::black_box(&input), &good)
             .unwrap());
     });
-    let des = BlockCipher::new(Cipher::Des, &[0x13, 0x34, 0x57, 0x79, 0x9B, 0xBC, 0xDF, 0xF1])
-        .unwrap();
+    let des = BlockCipher::new(
+        Cipher::Des,
+        &[0x13, 0x34, 0x57, 0x79, 0x9B, 0xBC, 0xDF, 0xF1],
+    )
+    .unwrap();
     let mut block = [0u8; 8];
     let (n_des, d_des) = timed(min, 10_000, || {
-        des.encrypt_blocks(std::hint::black_box(&mut block)).unwrap();
+        des.encrypt_blocks(std::hint::black_box(&mut block))
+            .unwrap();
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -270,7 +274,10 @@ fn main() {
 
     let tac_rate = per_sec(n_tac, d_tac);
     let des_rate = per_sec(n_des, d_des);
-    println!("settlement bench ({} mode)", if quick { "quick" } else { "full" });
+    println!(
+        "settlement bench ({} mode)",
+        if quick { "quick" } else { "full" }
+    );
     println!("{:<48} {:>14}", "what", "per second");
     println!(
         "{:<48} {:>14.0}",

@@ -346,7 +346,19 @@ impl Office {
         let (mut tx, at) = self.begin(s, Action::RunSettlement, &subject).await?;
         let result = async {
             validate_date(date)?;
-            let rows: Vec<(i64, String, i64, i64, i64, i64, i64, i64, String, i64, String)> = tx
+            let rows: Vec<(
+                i64,
+                String,
+                i64,
+                i64,
+                i64,
+                i64,
+                i64,
+                i64,
+                String,
+                i64,
+                String,
+            )> = tx
                 .fetch_all(
                     "SELECT id, terminal_id, machine_id, merchant_id, card_id, offline_serial, \
                      amount_minor, balance_before_minor, business_date, purchase_at_ms, content \
@@ -409,7 +421,9 @@ impl Office {
                     ))
                     .or_default();
                 g.0 += 1;
-                g.1 = g.1.checked_add(p.amount).ok_or_else(|| overflow("posting"))?;
+                g.1 =
+                    g.1.checked_add(p.amount)
+                        .ok_or_else(|| overflow("posting"))?;
                 g.2.push(p.id);
             }
             let mut postings = Vec::with_capacity(groups.len());
@@ -425,7 +439,9 @@ impl Office {
                     &mut tx,
                     op,
                     at,
-                    &format!("purchases of {day}, merchant {merchant_code}, terminal {terminal_id}"),
+                    &format!(
+                        "purchases of {day}, merchant {merchant_code}, terminal {terminal_id}"
+                    ),
                     &[
                         LineSpec::debit(ledger::FLOAT, amount),
                         LineSpec::credit(ledger::MERCHANT_PAYABLE, amount),
@@ -436,7 +452,16 @@ impl Office {
                     "INSERT INTO settlement_postings (entry_id, run_id, merchant_id, machine_id, \
                      terminal_id, business_date, records, amount_minor) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                    &args![entry_id, run_id, merchant_id, machine_id, &terminal_id, &day, n, amount],
+                    &args![
+                        entry_id,
+                        run_id,
+                        merchant_id,
+                        machine_id,
+                        &terminal_id,
+                        &day,
+                        n,
+                        amount
+                    ],
                 )
                 .await?;
                 for id in ids {
@@ -446,7 +471,9 @@ impl Office {
                     )
                     .await?;
                 }
-                total = total.checked_add(amount).ok_or_else(|| overflow("run total"))?;
+                total = total
+                    .checked_add(amount)
+                    .ok_or_else(|| overflow("run total"))?;
                 postings.push(Posting {
                     entry_id,
                     merchant_code,

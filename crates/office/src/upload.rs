@@ -265,12 +265,8 @@ fn read_record(r: &PurchaseRecord) -> Result<Readable, String> {
             r.tx_type
         ));
     }
-    let alg = PurseAlg::from_id(r.alg_id).ok_or_else(|| {
-        format!(
-            "algorithm id {:02X} is not 00 (3DES) or 04 (SM4)",
-            r.alg_id
-        )
-    })?;
+    let alg = PurseAlg::from_id(r.alg_id)
+        .ok_or_else(|| format!("algorithm id {:02X} is not 00 (3DES) or 04 (SM4)", r.alg_id))?;
     let tac = match &r.tac {
         None => None,
         Some(t) => Some(hex_array::<4>(t).ok_or("TAC is not 8 hex digits")?),
@@ -470,96 +466,95 @@ impl Office {
     ) -> Result<TerminalAssignment, OfficeError> {
         let subject = format!("machine {machine_number}");
         let (mut tx, at) = self.begin(s, Action::ManageMerchants, &subject).await?;
-        let result = async {
-            let terminal_id = normalize_terminal_id(terminal_id)?;
-            let m = machines::machine(&mut tx, machine_number).await?;
-            if m.kind != MachineKind::Terminal {
-                return Err(OfficeError::WrongMachine {
-                    machine_number: m.machine_number,
-                    actual: m.kind.as_str(),
-                    needed: MachineKind::Terminal.as_str(),
-                });
-            }
-            if !m.active {
-                return Err(OfficeError::Invalid {
-                    what: "machine",
-                    why: format!("{machine_number} is retired"),
-                });
-            }
-            let merchant: Option<(i64,)> = tx
-                .fetch_optional(
-                    "SELECT id FROM merchants WHERE code = $1",
-                    &args![merchant_code],
-                )
-                .await?;
-            let (merchant_id,) = merchant.ok_or_else(|| OfficeError::NotFound {
-                what: "merchant",
-                key: merchant_code.into(),
-            })?;
-            let other: Option<(i64,)> = tx
-                .fetch_optional(
-                    "SELECT machine_id FROM settlement_terminals WHERE terminal_id = $1",
-                    &args![&terminal_id],
-                )
-                .await?;
-            if other.is_some_and(|(id,)| id != m.id) {
-                return Err(OfficeError::Duplicate {
-                    what: "terminal id",
-                    key: terminal_id.clone(),
-                });
-            }
-            let mut secret = [0u8; 32];
-            getrandom::getrandom(&mut secret).map_err(|e| {
-                OfficeError::Invalid {
-                    what: "upload token",
-                    why: format!("no randomness: {e}"),
+        let result =
+            async {
+                let terminal_id = normalize_terminal_id(terminal_id)?;
+                let m = machines::machine(&mut tx, machine_number).await?;
+                if m.kind != MachineKind::Terminal {
+                    return Err(OfficeError::WrongMachine {
+                        machine_number: m.machine_number,
+                        actual: m.kind.as_str(),
+                        needed: MachineKind::Terminal.as_str(),
+                    });
                 }
-            })?;
-            let token = format!("{terminal_id}.{}", hex::encode(secret));
-            let token_hash = sha256_hex(token.as_bytes());
-            let held: Option<(String,)> = tx
-                .fetch_optional(
-                    "SELECT terminal_id FROM settlement_terminals WHERE machine_id = $1",
-                    &args![m.id],
-                )
-                .await?;
-            match held {
-                Some((old,)) if old != terminal_id => {
+                if !m.active {
                     return Err(OfficeError::Invalid {
-                        what: "terminal id",
-                        why: format!(
-                            "machine {machine_number} already uploads as terminal {old}; \
-                             register a new machine for a new PSAM"
-                        ),
-                    })
+                        what: "machine",
+                        why: format!("{machine_number} is retired"),
+                    });
                 }
-                Some(_) => {
-                    tx.execute(
-                        "UPDATE settlement_terminals SET merchant_id = $1, token_hash = $2, \
-                         assigned_at_ms = $3 WHERE machine_id = $4",
-                        &args![merchant_id, &token_hash, at, m.id],
+                let merchant: Option<(i64,)> = tx
+                    .fetch_optional(
+                        "SELECT id FROM merchants WHERE code = $1",
+                        &args![merchant_code],
                     )
                     .await?;
+                let (merchant_id,) = merchant.ok_or_else(|| OfficeError::NotFound {
+                    what: "merchant",
+                    key: merchant_code.into(),
+                })?;
+                let other: Option<(i64,)> = tx
+                    .fetch_optional(
+                        "SELECT machine_id FROM settlement_terminals WHERE terminal_id = $1",
+                        &args![&terminal_id],
+                    )
+                    .await?;
+                if other.is_some_and(|(id,)| id != m.id) {
+                    return Err(OfficeError::Duplicate {
+                        what: "terminal id",
+                        key: terminal_id.clone(),
+                    });
                 }
-                None => {
-                    tx.execute(
+                let mut secret = [0u8; 32];
+                getrandom::getrandom(&mut secret).map_err(|e| OfficeError::Invalid {
+                    what: "upload token",
+                    why: format!("no randomness: {e}"),
+                })?;
+                let token = format!("{terminal_id}.{}", hex::encode(secret));
+                let token_hash = sha256_hex(token.as_bytes());
+                let held: Option<(String,)> = tx
+                    .fetch_optional(
+                        "SELECT terminal_id FROM settlement_terminals WHERE machine_id = $1",
+                        &args![m.id],
+                    )
+                    .await?;
+                match held {
+                    Some((old,)) if old != terminal_id => {
+                        return Err(OfficeError::Invalid {
+                            what: "terminal id",
+                            why: format!(
+                                "machine {machine_number} already uploads as terminal {old}; \
+                             register a new machine for a new PSAM"
+                            ),
+                        })
+                    }
+                    Some(_) => {
+                        tx.execute(
+                            "UPDATE settlement_terminals SET merchant_id = $1, token_hash = $2, \
+                         assigned_at_ms = $3 WHERE machine_id = $4",
+                            &args![merchant_id, &token_hash, at, m.id],
+                        )
+                        .await?;
+                    }
+                    None => {
+                        tx.execute(
                         "INSERT INTO settlement_terminals (machine_id, terminal_id, merchant_id, \
                          token_hash, assigned_at_ms, last_sequence, last_hash) \
                          VALUES ($1, $2, $3, $4, $5, 0, $6)",
                         &args![m.id, &terminal_id, merchant_id, &token_hash, at, GENESIS_HASH],
                     )
                     .await?;
+                    }
                 }
+                let terminal = terminal_by_id(&mut tx, &terminal_id)
+                    .await?
+                    .ok_or_else(|| OfficeError::Corrupt("terminal row just written".into()))?;
+                let detail = format!(
+                    "terminal id {terminal_id}, merchant {merchant_code}, new upload token"
+                );
+                Ok((TerminalAssignment { terminal, token }, detail))
             }
-            let terminal = terminal_by_id(&mut tx, &terminal_id)
-                .await?
-                .ok_or_else(|| OfficeError::Corrupt("terminal row just written".into()))?;
-            let detail = format!(
-                "terminal id {terminal_id}, merchant {merchant_code}, new upload token"
-            );
-            Ok((TerminalAssignment { terminal, token }, detail))
-        }
-        .await;
+            .await;
         self.finish(s, Action::ManageMerchants, &subject, at, tx, result)
             .await
     }
@@ -772,7 +767,10 @@ impl Office {
             .join(", ");
         let (login, action) = match by {
             Some(s) => (s.login.clone(), Action::ImportBatches),
-            None => (format!("terminal:{}", terminal.terminal_id), Action::UploadBatch),
+            None => (
+                format!("terminal:{}", terminal.terminal_id),
+                Action::UploadBatch,
+            ),
         };
         audit::append(
             &mut tx,

@@ -28,9 +28,7 @@ use iccard_pos::record::Batch;
 use iccard_crypto::PurseAlg;
 use zeroize::Zeroizing;
 
-use crate::keystore::{
-    CardKey, CeremonyEvent, KeyInfo, Keystore, KsResult, LoadRequest, TacInput,
-};
+use crate::keystore::{CardKey, CeremonyEvent, KeyInfo, Keystore, KsResult, LoadRequest, TacInput};
 use crate::office::Office;
 use crate::upload::{UploadError, UploadTerminal};
 
@@ -163,7 +161,9 @@ impl SharedKeystore {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Box<dyn Keystore + Send>> {
         // A panic while holding the lock leaves no half-done state in a keystore computation.
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

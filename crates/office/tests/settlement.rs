@@ -83,7 +83,13 @@ fn keys() -> DevKeystore {
 
 fn chip(card_number: &str, seed: u64) -> MemCard {
     let issuer = issuer_id_of(&init_config().issuer_number).unwrap();
-    issued_card(card_number, PurseAlg::TripleDes, seed, issuer, &DevIssuerKeys)
+    issued_card(
+        card_number,
+        PurseAlg::TripleDes,
+        seed,
+        issuer,
+        &DevIssuerKeys,
+    )
 }
 
 /// A card of this office with an account, loaded with `amount` through `Office::recharge`.
@@ -214,12 +220,23 @@ async fn a_batch_settles_once_and_a_resend_answers_the_same(store: Store) {
     let ks = keys();
     let first = w.office.ingest_batch(&ks, &batch).await.unwrap();
     assert_eq!(codes(&first), vec![ResultCode::Ok, ResultCode::Ok]);
-    assert_eq!((first.sequence, first.hash.as_str()), (1, batch.hash.as_str()));
+    assert_eq!(
+        (first.sequence, first.hash.as_str()),
+        (1, batch.hash.as_str())
+    );
     let again = w.office.ingest_batch(&ks, &batch).await.unwrap();
     assert_eq!(again, first, "a batch sent again answers the same");
-    assert_eq!(count(&store, "SELECT COUNT(*) FROM offline_records").await, 2);
-    assert_eq!(count(&store, "SELECT COUNT(*) FROM upload_batches").await, 1);
-    p.journal_mut().mark_uploaded(&batch, &first.results).unwrap();
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM offline_records").await,
+        2
+    );
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM upload_batches").await,
+        1
+    );
+    p.journal_mut()
+        .mark_uploaded(&batch, &first.results)
+        .unwrap();
     // Ingest moves no money; the run does.
     assert_eq!(balance_of(&w, "float").await, 10_000);
     let run = w.office.settle_day(&w.admin, DAY).await.unwrap();
@@ -227,7 +244,11 @@ async fn a_batch_settles_once_and_a_resend_answers_the_same(store: Store) {
     assert_eq!(run.postings.len(), 1);
     let post = &run.postings[0];
     assert_eq!(
-        (post.merchant_code.as_str(), post.terminal_id.as_str(), post.business_date.as_str()),
+        (
+            post.merchant_code.as_str(),
+            post.terminal_id.as_str(),
+            post.business_date.as_str()
+        ),
         ("M1", T1_HEX, DAY)
     );
     assert_eq!((post.records, post.amount_minor), (2, 1_500));
@@ -235,8 +256,14 @@ async fn a_batch_settles_once_and_a_resend_answers_the_same(store: Store) {
     assert_eq!(balance_of(&w, "merchant_payable").await, 1_500);
     let shadow = w.office.card(CARD).await.unwrap();
     assert_eq!(shadow.balance_minor, card_balance(&mut card));
-    assert_eq!((shadow.proven_balance_minor, shadow.offline_serial), (8_500, 2));
-    assert!(w.office.cases(false).await.unwrap().is_empty(), "nothing to look at");
+    assert_eq!(
+        (shadow.proven_balance_minor, shadow.offline_serial),
+        (8_500, 2)
+    );
+    assert!(
+        w.office.cases(false).await.unwrap().is_empty(),
+        "nothing to look at"
+    );
     // A second run of the day settles nothing twice.
     let second = w.office.settle_day(&w.admin, DAY).await.unwrap();
     assert_eq!((second.records_settled, second.postings.len()), (0, 0));
@@ -284,9 +311,21 @@ async fn conflicts_forgeries_unknown_and_malformed_records_are_answered_and_case
     }
     let dir = tempfile::tempdir().unwrap();
     let mut p = pos(&w, &dir, "t1.sqlite", T1, 102).await;
-    let a = p.sell(&mut card, 1_000, &when("100000")).unwrap().record.record;
-    let b = p.sell(&mut card, 700, &when("100100")).unwrap().record.record;
-    let u = p.sell(&mut stranger, 400, &when("100200")).unwrap().record.record;
+    let a = p
+        .sell(&mut card, 1_000, &when("100000"))
+        .unwrap()
+        .record
+        .record;
+    let b = p
+        .sell(&mut card, 700, &when("100100"))
+        .unwrap()
+        .record
+        .record;
+    let u = p
+        .sell(&mut stranger, 400, &when("100200"))
+        .unwrap()
+        .record
+        .record;
     let first = batch_of(&mut p);
     let ks = keys();
     let answered = w.office.ingest_batch(&ks, &first).await.unwrap();
@@ -328,7 +367,10 @@ async fn conflicts_forgeries_unknown_and_malformed_records_are_answered_and_case
     );
     let ddc = &cases[1];
     assert!(
-        ddc.evidence.as_deref().unwrap().contains("\"amount_fen\":7"),
+        ddc.evidence
+            .as_deref()
+            .unwrap()
+            .contains("\"amount_fen\":7"),
         "the conflicting content is kept: {:?}",
         ddc.evidence
     );
@@ -363,13 +405,20 @@ async fn a_listed_card_is_answered_and_still_settled(store: Store) {
         .await
         .unwrap();
     p.sell(&mut card, 2_000, &when("120000")).unwrap();
-    let answered = w.office.ingest_batch(&keys(), &batch_of(&mut p)).await.unwrap();
+    let answered = w
+        .office
+        .ingest_batch(&keys(), &batch_of(&mut p))
+        .await
+        .unwrap();
     assert_eq!(codes(&answered), vec![ResultCode::ListedCard]);
     let cases = w.office.cases(true).await.unwrap();
     assert_eq!(cases.len(), 1);
     assert_eq!(cases[0].kind, CaseKind::ListedCard);
     let run = w.office.settle_day(&w.admin, DAY).await.unwrap();
-    assert_eq!(run.amount_minor, 2_000, "the money left the card: it is settled");
+    assert_eq!(
+        run.amount_minor, 2_000,
+        "the money left the card: it is settled"
+    );
     assert_eq!(w.office.card(CARD).await.unwrap().balance_minor, 8_000);
     clean(&w).await;
 }
@@ -385,21 +434,45 @@ async fn a_cloned_card_is_caught(store: Store) {
     let dir = tempfile::tempdir().unwrap();
     let mut p1 = pos(&w, &dir, "t1.sqlite", T1, 104).await;
     let mut p2 = pos(&w, &dir, "t2.sqlite", T2, 105).await;
-    let real = p1.sell(&mut card, 1_000, &when("100000")).unwrap().record.record;
-    let copy = p2.sell(&mut clone, 2_500, &when("110000")).unwrap().record.record;
-    assert_eq!(real.offline_serial, copy.offline_serial, "the same offline serial");
+    let real = p1
+        .sell(&mut card, 1_000, &when("100000"))
+        .unwrap()
+        .record
+        .record;
+    let copy = p2
+        .sell(&mut clone, 2_500, &when("110000"))
+        .unwrap()
+        .record
+        .record;
+    assert_eq!(
+        real.offline_serial, copy.offline_serial,
+        "the same offline serial"
+    );
     let ks = keys();
     assert_eq!(
-        codes(&w.office.ingest_batch(&ks, &batch_of(&mut p1)).await.unwrap()),
+        codes(
+            &w.office
+                .ingest_batch(&ks, &batch_of(&mut p1))
+                .await
+                .unwrap()
+        ),
         vec![ResultCode::Ok]
     );
     assert_eq!(
-        codes(&w.office.ingest_batch(&ks, &batch_of(&mut p2)).await.unwrap()),
+        codes(
+            &w.office
+                .ingest_batch(&ks, &batch_of(&mut p2))
+                .await
+                .unwrap()
+        ),
         vec![ResultCode::Ok],
         "each TAC verifies: the clone holds the card's keys"
     );
     let run = w.office.settle_day(&w.admin, DAY).await.unwrap();
-    assert_eq!((run.records_settled, run.amount_minor, run.held), (1, 1_000, 1));
+    assert_eq!(
+        (run.records_settled, run.amount_minor, run.held),
+        (1, 1_000, 1)
+    );
     let cases = w.office.cases(true).await.unwrap();
     let cloned: Vec<_> = cases
         .iter()
@@ -410,7 +483,11 @@ async fn a_cloned_card_is_caught(store: Store) {
     assert_eq!(cloned[0].application_serial.as_deref(), Some(CARD));
     assert_eq!(w.office.card(CARD).await.unwrap().balance_minor, 9_000);
     let report = w.office.reconciliation_report(DAY).await.unwrap();
-    let t2 = report.lines.iter().find(|l| l.terminal_id == T2_HEX).unwrap();
+    let t2 = report
+        .lines
+        .iter()
+        .find(|l| l.terminal_id == T2_HEX)
+        .unwrap();
     assert_eq!((t2.held, t2.settled, t2.cases), (1, 0, 1));
     clean(&w).await;
 }
@@ -428,7 +505,10 @@ async fn a_counter_gap_opens_a_case_and_the_late_record_fills_it(store: Store) {
     p1.sell(&mut card, 500, &when("120000")).unwrap();
     let ks = keys();
     // Only T1 uploads today: offline serials 0 and 2.
-    w.office.ingest_batch(&ks, &batch_of(&mut p1)).await.unwrap();
+    w.office
+        .ingest_batch(&ks, &batch_of(&mut p1))
+        .await
+        .unwrap();
     let run = w.office.settle_day(&w.admin, DAY).await.unwrap();
     assert_eq!((run.records_settled, run.amount_minor), (2, 1_500));
     let gaps: Vec<_> = w
@@ -442,14 +522,22 @@ async fn a_counter_gap_opens_a_case_and_the_late_record_fills_it(store: Store) {
     assert_eq!(gaps.len(), 1);
     assert!(gaps[0].detail.contains("1..=1"), "{}", gaps[0].detail);
     assert!(
-        w.office.cases(true).await.unwrap().iter().all(|c| c.kind == CaseKind::Gap),
+        w.office
+            .cases(true)
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| c.kind == CaseKind::Gap),
         "a gap explains the balance: no mismatch"
     );
     let shadow = w.office.card(CARD).await.unwrap();
     assert_eq!((shadow.balance_minor, shadow.offline_serial), (8_500, 3));
     clean(&w).await;
     // T2's record arrives late: it settles in the next run and the balances meet.
-    w.office.ingest_batch(&ks, &batch_of(&mut p2)).await.unwrap();
+    w.office
+        .ingest_batch(&ks, &batch_of(&mut p2))
+        .await
+        .unwrap();
     let late = w.office.settle_day(&w.admin, DAY).await.unwrap();
     assert_eq!((late.records_settled, late.amount_minor), (1, 2_000));
     assert_eq!(
@@ -479,8 +567,14 @@ async fn a_broken_chain_is_refused_and_nothing_is_stored(store: Store) {
         }
         other => panic!("not a chain error: {other:?}"),
     }
-    assert_eq!(count(&store, "SELECT COUNT(*) FROM offline_records").await, 0);
-    assert_eq!(count(&store, "SELECT COUNT(*) FROM upload_batches").await, 0);
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM offline_records").await,
+        0
+    );
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM upload_batches").await,
+        0
+    );
     // An altered batch does not verify.
     let mut altered = b1.clone();
     altered.records[0].amount_fen += 1;
@@ -506,13 +600,21 @@ async fn a_broken_chain_is_refused_and_nothing_is_stored(store: Store) {
         "{err}"
     );
     // An unassigned terminal is refused.
-    let stray = Batch::new("AABBCCDDEEFF".into(), 1, iccard_pos::GENESIS_HASH.into(), vec![])
-        .unwrap();
+    let stray = Batch::new(
+        "AABBCCDDEEFF".into(),
+        1,
+        iccard_pos::GENESIS_HASH.into(),
+        vec![],
+    )
+    .unwrap();
     assert!(matches!(
         w.office.ingest_batch(&ks, &stray).await,
         Err(UploadError::Terminal { .. })
     ));
-    assert_eq!(count(&store, "SELECT COUNT(*) FROM offline_records").await, 2);
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM offline_records").await,
+        2
+    );
 }
 
 async fn a_case_resolved_with_a_reason_is_audited(store: Store) {
@@ -521,9 +623,18 @@ async fn a_case_resolved_with_a_reason_is_audited(store: Store) {
     let mut card = loaded_card(&w, 8, 10_000).await;
     let dir = tempfile::tempdir().unwrap();
     let mut p = pos(&w, &dir, "t1.sqlite", T1, 109).await;
-    let r = p.sell(&mut card, 100, &when("100000")).unwrap().record.record;
-    let forged = Batch::new(T1_HEX.into(), 1, iccard_pos::GENESIS_HASH.into(), vec![tampered(&r)])
-        .unwrap();
+    let r = p
+        .sell(&mut card, 100, &when("100000"))
+        .unwrap()
+        .record
+        .record;
+    let forged = Batch::new(
+        T1_HEX.into(),
+        1,
+        iccard_pos::GENESIS_HASH.into(),
+        vec![tampered(&r)],
+    )
+    .unwrap();
     let answered = w.office.ingest_batch(&keys(), &forged).await.unwrap();
     assert_eq!(codes(&answered), vec![ResultCode::TacInvalid]);
     let case = w.office.cases(true).await.unwrap().remove(0);
@@ -536,13 +647,20 @@ async fn a_case_resolved_with_a_reason_is_audited(store: Store) {
         .is_err());
     assert!(w.office.resolve_case(&w.admin, case.id, "").await.is_err());
     let reason = "terminal swapped its PSAM mid-day; merchant confirmed no sale";
-    let done = w.office.resolve_case(&w.admin, case.id, reason).await.unwrap();
+    let done = w
+        .office
+        .resolve_case(&w.admin, case.id, reason)
+        .await
+        .unwrap();
     assert_eq!(done.state, "resolved");
     assert_eq!(done.resolved_by.as_deref(), Some("admin"));
     assert_eq!(done.resolution.as_deref(), Some(reason));
     assert!(w.office.cases(true).await.unwrap().is_empty());
     assert!(
-        w.office.resolve_case(&w.admin, case.id, reason).await.is_err(),
+        w.office
+            .resolve_case(&w.admin, case.id, reason)
+            .await
+            .is_err(),
         "resolved once"
     );
     let audit = w.office.audit_records(0, 10_000).await.unwrap();
@@ -580,11 +698,19 @@ async fn a_batch_file_is_imported_by_an_administrator(store: Store) {
         .import_batch_file(&w.recharge_clerk, &ks, &read)
         .await
         .is_err());
-    let answers = w.office.import_batch_file(&w.admin, &ks, &read).await.unwrap();
+    let answers = w
+        .office
+        .import_batch_file(&w.admin, &ks, &read)
+        .await
+        .unwrap();
     assert_eq!(answers.len(), 2);
     assert!(answers.iter().all(|a| codes(a) == vec![ResultCode::Ok]));
     // Carried in twice: the same answers.
-    let again = w.office.import_batch_file(&w.admin, &ks, &read).await.unwrap();
+    let again = w
+        .office
+        .import_batch_file(&w.admin, &ks, &read)
+        .await
+        .unwrap();
     assert_eq!(again, answers);
     for a in &answers {
         p.journal_mut().mark_answered(a).unwrap();
@@ -669,12 +795,18 @@ async fn the_http_service_round_trip(store: Store) {
     assert_eq!(status, 200, "{answer}");
     let results: iccard_pos::BatchResults = serde_json::from_value(answer).unwrap();
     assert_eq!(codes(&results), vec![ResultCode::Ok]);
-    let summary = p.journal_mut().mark_uploaded(&batch, &results.results).unwrap();
+    let summary = p
+        .journal_mut()
+        .mark_uploaded(&batch, &results.results)
+        .unwrap();
     assert_eq!(summary.accepted, 1);
     // Sent again: the same answer.
     let (status, again) = post(token.clone(), body.clone()).await.unwrap();
     assert_eq!(status, 200);
-    assert_eq!(serde_json::from_value::<iccard_pos::BatchResults>(again).unwrap(), results);
+    assert_eq!(
+        serde_json::from_value::<iccard_pos::BatchResults>(again).unwrap(),
+        results
+    );
     // A wrong token.
     let forged_token = format!("{T1_HEX}.{}", "0".repeat(64));
     let (status, err) = post(forged_token, body.clone()).await.unwrap();
@@ -687,7 +819,10 @@ async fn the_http_service_round_trip(store: Store) {
         .unwrap();
     assert_eq!(status, 409);
     assert!(
-        err["error"].as_str().unwrap().contains("expected sequence 2"),
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("expected sequence 2"),
         "{err}"
     );
     // Not a batch.
