@@ -300,6 +300,26 @@ pub struct ReconciliationReport {
     pub cases: Vec<Case>,
 }
 
+/// A pending record as read: id, terminal id, machine, merchant, card, offline serial, amount,
+/// balance before, business date, purchase time, content.
+type PendingRow = (
+    i64,
+    String,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    String,
+    i64,
+    String,
+);
+/// Merchant, machine, terminal id, day.
+type GroupKey = (i64, i64, String, String);
+/// Merchant, terminal, machine, code, state, status, count, amount.
+type ReportRow = (String, String, String, String, String, String, i64, i64);
+
 /// A record waiting for settlement.
 #[derive(Debug, Clone)]
 struct Pending {
@@ -346,19 +366,7 @@ impl Office {
         let (mut tx, at) = self.begin(s, Action::RunSettlement, &subject).await?;
         let result = async {
             validate_date(date)?;
-            let rows: Vec<(
-                i64,
-                String,
-                i64,
-                i64,
-                i64,
-                i64,
-                i64,
-                i64,
-                String,
-                i64,
-                String,
-            )> = tx
+            let rows: Vec<PendingRow> = tx
                 .fetch_all(
                     "SELECT id, terminal_id, machine_id, merchant_id, card_id, offline_serial, \
                      amount_minor, balance_before_minor, business_date, purchase_at_ms, content \
@@ -409,8 +417,7 @@ impl Office {
                 applied.extend(a);
             }
             // One entry per merchant, terminal and day.
-            let mut groups: BTreeMap<(i64, i64, String, String), (i64, i64, Vec<i64>)> =
-                BTreeMap::new();
+            let mut groups: BTreeMap<GroupKey, (i64, i64, Vec<i64>)> = BTreeMap::new();
             for p in &applied {
                 let g = groups
                     .entry((
@@ -769,7 +776,7 @@ impl Office {
     pub async fn reconciliation_report(&self, date: &str) -> Result<ReconciliationReport> {
         validate_date(date)?;
         let mut tx = self.store().read().await?;
-        let rows: Vec<(String, String, String, String, String, String, i64, i64)> = tx
+        let rows: Vec<ReportRow> = tx
             .fetch_all(
                 "SELECT me.code, r.terminal_id, m.machine_number, r.code, r.state, r.status, \
                  COUNT(*), CAST(SUM(r.amount_minor) AS BIGINT) FROM offline_records r \
