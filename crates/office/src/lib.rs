@@ -76,8 +76,8 @@
 //!
 //! ## Not done yet (next slices)
 //!
-//! - Settlement proper (TAC verification of uploaded purchases, counter gaps, cases): in
-//!   progress in `upload` and `settlement`.
+//! - Merchant payouts out of `merchant_payable`; held records released when their case is
+//!   resolved.
 //! - Key rotation beyond version 1 in personalization; the holder file written on the card;
 //!   renewal of an expired card's validity on the card.
 //! - Golden schema tests (a database written by each release still opens).
