@@ -216,6 +216,10 @@ fn atr_apdus_and_power_control_clear_volatile_state() {
             );
         }
     }
+    // The listener goes first: a card server that sees vpcd go away reconnects at once, and
+    // the listen backlog would accept it before `finish` stops the server (a second
+    // connection, counted or not depending on timing).
+    drop(l);
     drop(v);
     let (r, log) = served.finish();
     let stats = r.unwrap();
