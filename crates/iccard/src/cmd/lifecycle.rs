@@ -2,9 +2,9 @@
 //! keys), each stage named as it runs: a back office is set up, a product defined, a chip lot
 //! received, a production batch taken through every stage on card images (one card fails its
 //! functional test and is voided), cards issued with their first recharge, more recharges, an
-//! offline purchase at a point of sale with its PSAM, its settlement, a loss report that blocks
-//! the card, a replacement card that receives the lost card's balance after the late-record
-//! window, a card returned with its refund (unloaded on the card, erased, coded again and back
+//! offline purchase at a point of sale with its PSAM and journal, uploaded as a chained batch and
+//! settled with its TAC verified, a loss report that blocks the card, a replacement card that
+//! receives the lost card's balance after the late-record window, a card returned with its refund (unloaded on the card, erased, coded again and back
 //! in stock), and the books checked at the end.
 
 use std::path::{Path, PathBuf};
@@ -26,10 +26,9 @@ use iccard_office::products::{
 };
 use iccard_office::recharge::{terminal_id_of, RechargeRequest};
 use iccard_office::returns::{Condition, Disposition, ReturnRequest};
-use iccard_office::{
-    InitConfig, Mode, NewOperator, Office, Password, Role, Session, SettlePurchase, Store,
-};
-use iccard_terminal::{MemoryPending, Psam, Purchase, PurseCard, TransactionTime};
+use iccard_office::{InitConfig, Mode, NewOperator, Office, Password, Role, Session, Store};
+use iccard_pos::{PointOfUse, PosConfig};
+use iccard_terminal::{Psam, PurseCard, TransactionTime};
 use zeroize::Zeroizing;
 
 fn yuan(minor: i64) -> String {
@@ -338,7 +337,7 @@ pub async fn run(dir: &Path, kept: bool) -> Result<()> {
         5,
         "Use: another recharge, an offline purchase at T-001 with its PSAM, its settlement",
     );
-    let (card1, number1) = &issued[0];
+    let (card1, _) = &issued[0];
     let mut purse = PurseCard::open(ImageCard::open(card1)?)?;
     let more = office
         .recharge(
@@ -381,38 +380,67 @@ pub async fn run(dir: &Path, kept: bool) -> Result<()> {
         ImageCard::open(&sam_path)?,
         &iccard_issuer::psam::PsamPersonalization { terminal_id },
     )?;
-    let mut psam = Psam::open(ImageCard::open(&sam_path)?)?;
-    let paid =
-        Purchase::new(&mut psam).pay(&mut purse, 1_234, &when, &mut MemoryPending::default())?;
-    if paid.suspicious.is_some() {
-        bail!("the PSAM rejected the card's MAC2");
-    }
-    println!(
-        "  purchase 12.34 offline at terminal {}: balance {} -> {}, offline serial {}, terminal serial {}, TAC {}",
-        hex::encode(&terminal_id),
-        yuan(i64::from(paid.balance_before_fen)),
-        yuan(i64::from(paid.balance_after_fen)),
-        paid.offline_serial,
-        paid.terminal_serial,
-        paid.tac.as_deref().unwrap_or("-")
-    );
-    let settled = office
-        .settle_purchase(
-            &admin,
-            SettlePurchase {
-                application_serial: number1.clone(),
-                terminal_machine_number: "T-001".into(),
-                amount_minor: i64::from(paid.amount_fen),
-                offline_serial: i64::from(paid.offline_serial),
-                terminal_serial: i64::from(paid.terminal_serial),
-            },
-        )
+    // The point of sale: its PSAM, its journal, the loss list from the office.
+    office.add_merchant(&admin, "M-001", "City kiosk").await?;
+    let assignment = office
+        .assign_terminal(&admin, "T-001", &hex::encode(&terminal_id), "M-001")
         .await?;
+    let psam = Psam::open(ImageCard::open(&sam_path)?)?;
+    let mut pos = PointOfUse::open(psam, dir.join("terminal-T-001.db"), PosConfig::default())?;
+    let delta: iccard_pos::LossListDelta =
+        serde_json::from_value(serde_json::to_value(office.loss_list_since(0).await?)?)?;
+    pos.update_loss_list(&delta, &when)?;
+    drop(purse);
+    let sale = pos.sell(ImageCard::open(card1)?, 1_234, &when)?;
+    let rec = &sale.record.record;
     println!(
-        "  settled: float -> merchant payable 12.34; card {} shadow balance {}",
-        settled.application_serial,
-        yuan(settled.balance_minor)
+        "  purchase 12.34 offline at terminal {} (journaled before the debit): balance {} -> {}, offline serial {}, terminal serial {}, TAC {}",
+        assignment.terminal.terminal_id,
+        yuan(i64::from(rec.balance_before_fen)),
+        yuan(i64::from(sale.balance_after_fen)),
+        rec.offline_serial,
+        rec.terminal_serial,
+        rec.tac.as_deref().unwrap_or("-")
     );
+    let batch = pos
+        .journal_mut()
+        .next_batch(&terminal_id, 100)?
+        .context("the sale is in the journal")?;
+    let answer = office
+        .ingest_batch(&keys, &batch)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    pos.journal_mut().mark_uploaded(&batch, &answer.results)?;
+    println!(
+        "  uploaded: batch {} ({} record(s), chained to the previous batch), answered {}",
+        batch.sequence,
+        batch.records.len(),
+        answer
+            .results
+            .iter()
+            .map(|r| {
+                serde_json::to_value(r.code)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let day = format!(
+        "{}-{}-{}",
+        &when.date_string()[..4],
+        &when.date_string()[4..6],
+        &when.date_string()[6..]
+    );
+    let run = office.settle_day(&admin, &day).await?;
+    println!(
+        "  settled {day}: {} record(s), {} from the float to merchant payable (TAC verified by the keystore), {} case(s)",
+        run.records_settled,
+        yuan(run.amount_minor),
+        run.cases_opened
+    );
+    let purse = PurseCard::open(ImageCard::open(card1)?)?;
     drop(purse);
 
     stage(
