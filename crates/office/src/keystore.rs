@@ -20,7 +20,9 @@
 //! MAC1 = MAC(SESLK, old balance ‖ amount ‖ 02 ‖ terminal id); MAC2 = MAC(SESLK, amount ‖ 02 ‖
 //! terminal id ‖ date ‖ time); load TAC = MAC(tac_key(diversify(MTK, D)), new balance ‖ online
 //! serial ‖ amount ‖ 02 ‖ terminal id ‖ date ‖ time); purchase TAC = MAC(same TAC key, amount ‖
-//! 06 ‖ terminal id ‖ terminal serial ‖ date ‖ time).
+//! 06 ‖ terminal id ‖ terminal serial ‖ date ‖ time). The unload of a returned card uses the
+//! same formulas with type `13` in place of `02` (project-defined), and its MAC3 =
+//! MAC(SESLK, the bytes of its TAC).
 //!
 //! A third implementation, [`crate::pkcs11::Pkcs11Keystore`], keeps the master keys in a PKCS#11
 //! token (3DES generation only).

@@ -188,6 +188,39 @@ impl std::fmt::Debug for Office {
     }
 }
 
+/// One office setting (`office_settings`) parsed as `T`; `default` when it is not set. A value
+/// that does not parse is stored data contradicting itself.
+pub(crate) async fn setting<T: std::str::FromStr>(
+    tx: &mut Tx,
+    name: &str,
+    default: T,
+) -> Result<T> {
+    let row: Option<(String,)> = tx
+        .fetch_optional(
+            "SELECT value FROM office_settings WHERE name = $1",
+            &args![name],
+        )
+        .await?;
+    match row {
+        None => Ok(default),
+        Some((v,)) => v
+            .parse()
+            .map_err(|_| OfficeError::Corrupt(format!("setting {name} is {v:?}"))),
+    }
+}
+
+/// Replaces one office setting's value.
+pub(crate) async fn put_setting(tx: &mut Tx, name: &str, value: &str) -> Result<()> {
+    tx.execute("DELETE FROM office_settings WHERE name = $1", &args![name])
+        .await?;
+    tx.execute(
+        "INSERT INTO office_settings (name, value) VALUES ($1, $2)",
+        &args![name, value],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Reads the settings inside a transaction; `None` before `init`.
 pub(crate) async fn read_settings(tx: &mut Tx) -> Result<Option<Settings>> {
     let rows: Vec<(String, String)> = tx

@@ -86,18 +86,7 @@ pub(crate) async fn transfer_out(
 }
 
 async fn window_days(tx: &mut Tx) -> Result<i64> {
-    let row: Option<(String,)> = tx
-        .fetch_optional(
-            "SELECT value FROM office_settings WHERE name = $1",
-            &args![WINDOW_SETTING],
-        )
-        .await?;
-    match row {
-        None => Ok(7),
-        Some((v,)) => v
-            .parse()
-            .map_err(|_| OfficeError::Corrupt(format!("setting {WINDOW_SETTING} is {v:?}"))),
-    }
+    crate::office::setting(tx, WINDOW_SETTING, 7).await
 }
 
 impl Office {
@@ -121,16 +110,7 @@ impl Office {
                 });
             }
             let before = window_days(&mut tx).await?;
-            tx.execute(
-                "DELETE FROM office_settings WHERE name = $1",
-                &args![WINDOW_SETTING],
-            )
-            .await?;
-            tx.execute(
-                "INSERT INTO office_settings (name, value) VALUES ($1, $2)",
-                &args![WINDOW_SETTING, days.to_string()],
-            )
-            .await?;
+            crate::office::put_setting(&mut tx, WINDOW_SETTING, &days.to_string()).await?;
             Ok(((), format!("{before} -> {days} days")))
         }
         .await;

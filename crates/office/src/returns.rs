@@ -343,18 +343,7 @@ async fn open_job(tx: &mut Tx, card_id: i64) -> Result<Option<Job>> {
 }
 
 async fn fee_setting(tx: &mut Tx) -> Result<i64> {
-    let row: Option<(String,)> = tx
-        .fetch_optional(
-            "SELECT value FROM office_settings WHERE name = $1",
-            &args![FEE_SETTING],
-        )
-        .await?;
-    match row {
-        None => Ok(0),
-        Some((v,)) => v
-            .parse()
-            .map_err(|_| OfficeError::Corrupt(format!("setting {FEE_SETTING} is {v:?}"))),
-    }
+    crate::office::setting(tx, FEE_SETTING, 0).await
 }
 
 /// Applies the rules (module docs) to what the card proved and the office holds.
@@ -432,16 +421,7 @@ impl Office {
                 });
             }
             let before = fee_setting(&mut tx).await?;
-            tx.execute(
-                "DELETE FROM office_settings WHERE name = $1",
-                &args![FEE_SETTING],
-            )
-            .await?;
-            tx.execute(
-                "INSERT INTO office_settings (name, value) VALUES ($1, $2)",
-                &args![FEE_SETTING, fee_minor.to_string()],
-            )
-            .await?;
+            crate::office::put_setting(&mut tx, FEE_SETTING, &fee_minor.to_string()).await?;
             Ok(((), format!("{before} -> {fee_minor}")))
         }
         .await;
@@ -991,18 +971,13 @@ impl Office {
                 &args![
                     op,
                     outcome.and_then(|o| o.tac.clone()),
-                    outcome.and_then(|o| o.tac_verified.map(|_| i64::from(o_ok(Some(o))))),
+                    outcome.and_then(|o| o.tac_verified.map(|_| i64::from(unload_verified(o)))),
                     outcome.and_then(|o| o.recovery).map(|r| match r {
                         RecoveryNote::CompletedEarlier => "completed_earlier".to_owned(),
                         RecoveryNote::Repeated => "repeated".to_owned(),
                     }),
                     job.id
                 ],
-            )
-            .await?;
-            tx.execute(
-                "UPDATE operations SET amount_minor = $1 WHERE id = $2",
-                &args![job.refund_minor, op],
             )
             .await?;
             let detail = format!(
@@ -1013,7 +988,7 @@ impl Office {
                         " (online serial {}, TAC {}{})",
                         o.online_serial,
                         o.tac.as_deref().unwrap_or("unknown"),
-                        if o_ok(Some(o)) { " verified" } else { " NOT VERIFIED" }
+                        if unload_verified(o) { " verified" } else { " NOT VERIFIED" }
                     ))
                     .unwrap_or_default(),
                 job.deposit_refund_minor,
@@ -1412,8 +1387,10 @@ impl Office {
     }
 }
 
-fn o_ok(outcome: Option<&LoadOutcome>) -> bool {
-    outcome.is_some_and(|o| o.tac_verified == Some(true) && o.suspicious.is_none())
+/// Whether the keystore verified both the unload's TAC and its MAC3 (a MAC3 that fails makes
+/// the outcome suspicious).
+fn unload_verified(o: &LoadOutcome) -> bool {
+    o.tac_verified == Some(true) && o.suspicious.is_none()
 }
 
 #[cfg(test)]

@@ -255,19 +255,7 @@ pub async fn open_shift_at_machine(tx: &mut Tx, machine_id: i64) -> Result<Optio
 
 /// Whether cash operations need an open shift (the `shifts_required` setting; off if unset).
 pub async fn shifts_required_in(tx: &mut Tx) -> Result<bool> {
-    let row: Option<(String,)> = tx
-        .fetch_optional(
-            "SELECT value FROM office_settings WHERE name = $1",
-            &args![REQUIRED_SETTING],
-        )
-        .await?;
-    match row.as_ref().map(|(v,)| v.as_str()) {
-        None | Some("false") => Ok(false),
-        Some("true") => Ok(true),
-        Some(other) => Err(OfficeError::Corrupt(format!(
-            "setting {REQUIRED_SETTING} is {other:?}"
-        ))),
-    }
+    crate::office::setting(tx, REQUIRED_SETTING, false).await
 }
 
 /// The check a cash operation runs inside its write transaction, before it posts: when the
@@ -745,16 +733,7 @@ impl Office {
         let (mut tx, at) = self.begin(s, Action::ChangeSettings, &subject).await?;
         let result = async {
             let before = shifts_required_in(&mut tx).await?;
-            tx.execute(
-                "DELETE FROM office_settings WHERE name = $1",
-                &args![REQUIRED_SETTING],
-            )
-            .await?;
-            tx.execute(
-                "INSERT INTO office_settings (name, value) VALUES ($1, $2)",
-                &args![REQUIRED_SETTING, if required { "true" } else { "false" }],
-            )
-            .await?;
+            crate::office::put_setting(&mut tx, REQUIRED_SETTING, &required.to_string()).await?;
             Ok(((), format!("{before} -> {required}")))
         }
         .await;

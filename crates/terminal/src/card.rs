@@ -299,23 +299,13 @@ impl<C: CardChannel> PurseCard<C> {
         amount_fen: u32,
         terminal_id: &[u8; 6],
     ) -> Result<LoadInit, TerminalError> {
-        let r = expect(
-            &mut self.ch,
-            Device::Card,
+        self.initialize_online(
             "INITIALIZE FOR LOAD",
-            &Apdu::new(0x80, 0x50, 0x00, 0x02)
-                .with_data(Self::init_data(key_index, amount_fen, terminal_id))
-                .with_ne(0x10),
-            Some(0x10),
-        )?;
-        Ok(LoadInit {
-            balance_fen: u32::from_be_bytes(arr(&r, 0)),
-            online_serial: u16::from_be_bytes(arr(&r, 4)),
-            key_version: r[6],
-            alg_id: r[7],
-            random: arr(&r, 8),
-            mac1: arr(&r, 12),
-        })
+            0x00,
+            key_index,
+            amount_fen,
+            terminal_id,
+        )
     }
 
     /// INITIALIZE FOR UNLOAD (purse, `80 50 05 02`): the same answer as INITIALIZE FOR LOAD.
@@ -325,11 +315,30 @@ impl<C: CardChannel> PurseCard<C> {
         amount_fen: u32,
         terminal_id: &[u8; 6],
     ) -> Result<LoadInit, TerminalError> {
+        self.initialize_online(
+            "INITIALIZE FOR UNLOAD",
+            0x05,
+            key_index,
+            amount_fen,
+            terminal_id,
+        )
+    }
+
+    /// INITIALIZE FOR LOAD (`p1` 00) or UNLOAD (`p1` 05) of the purse: balance, online serial,
+    /// key version, algorithm, random, MAC1.
+    fn initialize_online(
+        &mut self,
+        step: &'static str,
+        p1: u8,
+        key_index: u8,
+        amount_fen: u32,
+        terminal_id: &[u8; 6],
+    ) -> Result<LoadInit, TerminalError> {
         let r = expect(
             &mut self.ch,
             Device::Card,
-            "INITIALIZE FOR UNLOAD",
-            &Apdu::new(0x80, 0x50, 0x05, 0x02)
+            step,
+            &Apdu::new(0x80, 0x50, p1, 0x02)
                 .with_data(Self::init_data(key_index, amount_fen, terminal_id))
                 .with_ne(0x10),
             Some(0x10),

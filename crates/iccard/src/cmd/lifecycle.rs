@@ -427,12 +427,8 @@ pub async fn run(dir: &Path, kept: bool) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let day = format!(
-        "{}-{}-{}",
-        &when.date_string()[..4],
-        &when.date_string()[4..6],
-        &when.date_string()[6..]
-    );
+    let date = when.date_string();
+    let day = format!("{}-{}-{}", &date[..4], &date[4..6], &date[6..]);
     let run = office.settle_day(&admin, &day).await?;
     println!(
         "  settled {day}: {} record(s), {} from the float to merchant payable (TAC verified by the keystore), {} case(s)",

@@ -595,6 +595,25 @@ pub(super) fn secret(var: &str, what: &str, confirm: bool) -> Result<Zeroizing<S
     Ok(first)
 }
 
+/// The date and time now (UTC), as a card transaction carries it.
+pub(super) fn now_time() -> TransactionTime {
+    TransactionTime::from_unix(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    )
+}
+
+/// `--date YYYYMMDD` and `--time HHMMSS`, each defaulting to now (UTC).
+pub(super) fn transaction_time(date: Option<&str>, time: Option<&str>) -> Result<TransactionTime> {
+    let now = now_time();
+    Ok(TransactionTime::parse(
+        &date.map_or_else(|| now.date_string(), str::to_owned),
+        &time.map_or_else(|| now.time_string(), str::to_owned),
+    )?)
+}
+
 pub(super) fn print<T: Serialize>(
     json: bool,
     value: &T,
@@ -1385,16 +1404,7 @@ impl Ctx {
 
     async fn recharge(self, r: &RechargeArgs) -> Result<ExitCode> {
         let ks = self.open_keystore()?;
-        let now = TransactionTime::from_unix(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-        );
-        let when = TransactionTime::parse(
-            &r.date.clone().unwrap_or_else(|| now.date_string()),
-            &r.time.clone().unwrap_or_else(|| now.time_string()),
-        )?;
+        let when = transaction_time(r.date.as_deref(), r.time.as_deref())?;
         let mut opened =
             super::reader::OpenCard::open(r.card.as_deref(), r.reader.as_deref(), "card")?;
         let channel = opened.channel()?;
@@ -1452,12 +1462,7 @@ impl Ctx {
             super::reader::OpenCard::open(r.card.as_deref(), r.reader.as_deref(), "card")?;
         let channel = opened.channel()?;
         let mut card = PurseCard::open(channel).map_err(|e| anyhow!(Refused(anyhow!(e))))?;
-        let now = TransactionTime::from_unix(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-        );
+        let now = now_time();
         let res = self
             .office
             .replace_card(&self.session, &*ks, &mut card, &lost, now)
@@ -1515,15 +1520,7 @@ impl Ctx {
 
     async fn report(self, c: &ReportCmd) -> Result<ExitCode> {
         let ReportCmd::Daily { date } = c;
-        let date = date.clone().unwrap_or_else(|| {
-            TransactionTime::from_unix(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0),
-            )
-            .date_string()
-        });
+        let date = date.clone().unwrap_or_else(|| now_time().date_string());
         let r = self
             .office
             .daily_report(&self.session, &date)

@@ -20,9 +20,9 @@ use iccard_link::{load_image, save_image, ImageCard, OsRandom};
 use iccard_office::returns::{
     Condition, Disposition, ReturnQuote, ReturnReceipt, ReturnRequest, ReturnResumed,
 };
-use iccard_terminal::{PurseCard, TransactionTime};
+use iccard_terminal::PurseCard;
 
-use super::office::{classify_office, print, yuan, Ctx, Refused};
+use super::office::{classify_office, now_time, print, transaction_time, yuan, Ctx, Refused};
 
 /// `office return`.
 #[derive(Debug, Subcommand)]
@@ -120,15 +120,6 @@ pub struct RecodeArgs {
     card: PathBuf,
 }
 
-fn now() -> TransactionTime {
-    TransactionTime::from_unix(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-    )
-}
-
 fn describe_quote(q: &ReturnQuote) -> String {
     let mut t = format!(
         "card {}{} ({}): the card proves a balance of {}",
@@ -208,11 +199,7 @@ pub(super) async fn return_card(ctx: Ctx, c: &ReturnCmd) -> Result<ExitCode> {
         }
         ReturnCmd::Confirm(a) => {
             let ks = ctx.open_keystore()?;
-            let n = now();
-            let when = TransactionTime::parse(
-                &a.date.clone().unwrap_or_else(|| n.date_string()),
-                &a.time.clone().unwrap_or_else(|| n.time_string()),
-            )?;
+            let when = transaction_time(a.date.as_deref(), a.time.as_deref())?;
             let mut opened = super::reader::OpenCard::open(
                 a.card.card.as_deref(),
                 a.card.reader.as_deref(),
@@ -325,7 +312,7 @@ async fn recode(ctx: Ctx, a: &RecodeArgs) -> Result<ExitCode> {
     let spec = BlankCard {
         chip_serial: serial,
         production_date: {
-            let t = now();
+            let t = now_time();
             let d = t.date_string();
             let b = iccard_apdu::bcd::encode_digits(&d, 4).map_err(|e| anyhow!("{e}"))?;
             [b[0], b[1], b[2], b[3]]

@@ -15,7 +15,6 @@ use anyhow::{anyhow, Result};
 use clap::{Subcommand, ValueEnum};
 use iccard_office::shifts::{CloseShift, Shift, ShiftReport, REFUSAL};
 use iccard_office::OfficeError;
-use iccard_terminal::TransactionTime;
 
 use super::office::{classify_office, print, when, yuan, Ctx, Refused};
 
@@ -247,13 +246,7 @@ pub(super) async fn shift(ctx: Ctx, c: &ShiftCmd) -> Result<ExitCode> {
         ShiftCmd::List { date } => {
             let date = match date {
                 Some(d) => day(d),
-                None => TransactionTime::from_unix(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0),
-                )
-                .date_string(),
+                None => super::office::now_time().date_string(),
             };
             let v = o.shifts_of_day(&date).await.map_err(classify)?;
             print(ctx.json, &v, || {
